@@ -1,0 +1,74 @@
+"""Behaviour shared by all context blocks: input and query checks, the explicit-affinity switch."""
+
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+
+class NonLocalBase(nn.Module):
+    """Base class of the blocks; maps [B, C, *spatial] to the same shape.
+
+    Attributes:
+        explicit (bool): when True, ``forward`` builds the N x M affinity explicitly instead of
+            running the fast path (for checks and benchmarks). Default False.
+        chunk_size (int or None): with ``explicit``, how many query rows of the affinity are built
+            at a time; None builds all N rows at once.
+    """
+
+    def __init__(self, in_channels: int, dim: int):
+        super().__init__()
+        self.in_channels = in_channels
+        self.dim = dim
+        self.explicit = False
+        self.chunk_size: Optional[int] = None
+
+    def key_shape(self, spatial_shape: Sequence[int]) -> Tuple[int, ...]:
+        """The grid of key positions (j) for an input of ``spatial_shape``."""
+        return tuple(int(s) for s in spatial_shape)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != self.dim + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}: expected input [B, {self.in_channels}, "
+                f"<{self.dim} spatial dims>], got shape {tuple(x.shape)}"
+            )
+
+    def check_queries(self, x: torch.Tensor, queries: torch.Tensor) -> None:
+        self.check_input(x)
+        num_positions = x.shape[2:].numel()
+        if (
+            not isinstance(queries, torch.Tensor)
+            or queries.dtype != torch.long
+            or queries.dim() != 1
+        ):
+            raise ValueError(
+                f"{type(self).__name__}: queries must be a 1-D LongTensor of flat positions, got "
+                f"{queries!r}"
+            )
+        if queries.numel() and (queries.min() < 0 or queries.max() >= num_positions):
+            raise ValueError(
+                f"{type(self).__name__}: queries must lie in [0, {num_positions}), got values in "
+                f"[{int(queries.min())}, {int(queries.max())}]"
+            )
+
+    def query_slices(self, num_queries: int) -> List[slice]:
+        """The chunks of query rows the explicit path builds at a time (see ``chunk_size``)."""
+        step = self.chunk_size or num_queries
+        if step <= 0:
+            raise ValueError(f"{type(self).__name__}: chunk_size={self.chunk_size!r} must be > 0")
+        return [slice(start, start + step) for start in range(0, num_queries, step)]
+
+    def aggregate_rows(
+        self, rows: Callable[[slice], torch.Tensor], values: torch.Tensor, num_queries: int
+    ) -> torch.Tensor:
+        """Explicit y = A @ values, building ``chunk_size`` rows of A [B, n, M] at a time.
+
+        Args:
+            rows: maps a slice of query indices to those rows of the affinity, [B, n, M].
+            values: [B, M, E].
+        Returns:
+            [B, num_queries, E]
+        """
+        parts = [torch.matmul(rows(s), values) for s in self.query_slices(num_queries)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -1,0 +1,98 @@
+"""Regression tests, by memory and kernel name, for the fast paths never building N x M.
+
+The main risk is silent: SDPA falls back to its math kernel (which materialises N x M) when its
+inputs are strided views or of unequal widths, giving the same numbers at many times the memory.
+The profiler's allocation events give the peak of live CPU memory during the call.
+"""
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from nl_detectron.layers import (
+    ContextBlock,
+    DisentangledNonLocalBlock,
+    NonLocalBlock,
+    SpectralNonLocalBlock,
+)
+
+# N = 8192 positions: one N x N fp32 matrix is 268 MB; the fast paths need a few MB.
+SHAPE = (64, 128)
+N_BY_N_BYTES = 4 * (SHAPE[0] * SHAPE[1]) ** 2
+
+
+def _profile(fn):
+    """Run ``fn`` under the profiler; return (op names, peak bytes of extra live memory)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = prof.profiler.kineto_results.events()
+    allocations = sorted(
+        (e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]"
+    )  # frees have negative sizes
+    live = peak = 0
+    for _, nbytes in allocations:
+        live += nbytes
+        peak = max(peak, live)
+    return {e.name() for e in events}, peak
+
+
+def _forward_backward(block, x):
+    def run():
+        block(x).sum().backward()
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        NonLocalBlock(16, norm=""),
+        NonLocalBlock(16, instantiation="gaussian", norm=""),  # value narrower than the keys
+        DisentangledNonLocalBlock(16, norm=""),
+    ],
+    ids=["embedded_gaussian", "gaussian", "disentangled"],
+)
+def test_softmax_blocks_use_the_fused_kernel(block):
+    x = torch.randn(1, 16, *SHAPE)
+    with torch.no_grad():
+        names, peak = _profile(lambda: block(x))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names
+    assert peak < N_BY_N_BYTES / 8, f"forward peak {peak / 2**20:.0f} MiB"
+
+
+def test_embedded_gaussian_training_step_stays_small():
+    # Training: fused forward, then the backward recomputes the affinity in chunks.
+    block = NonLocalBlock(16, norm="")
+    x = torch.randn(1, 16, *SHAPE, requires_grad=True)
+    names, peak = _profile(_forward_backward(block, x))
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+    assert "aten::_scaled_dot_product_attention_math" not in names
+    # The backward holds a few [B, rows, M] chunks of BACKWARD_CHUNK_ELEMENTS (32 MiB) each.
+    assert peak < N_BY_N_BYTES / 2, f"forward+backward peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        NonLocalBlock(16, instantiation="dot_product", norm=""),
+        NonLocalBlock(16, instantiation="concatenation", norm=""),
+        SpectralNonLocalBlock(16, order=3, norm=""),
+        ContextBlock(16, ratio=0.25),
+    ],
+    ids=["dot_product", "concatenation", "spectral", "context"],
+)
+def test_linear_blocks_stay_small(block):
+    x = torch.randn(1, 16, *SHAPE, requires_grad=True)
+    _, peak = _profile(_forward_backward(block, x))
+    assert peak < N_BY_N_BYTES / 8, f"forward+backward peak {peak / 2**20:.0f} MiB"
+
+
+def test_the_probe_sees_an_explicit_affinity():
+    # The measurement itself must notice an N x N matrix, or the tests above prove nothing.
+    block = NonLocalBlock(16, norm="")
+    block.explicit = True
+    x = torch.randn(1, 16, *SHAPE)
+    with torch.no_grad():
+        _, peak = _profile(lambda: block(x))
+    assert peak >= N_BY_N_BYTES
