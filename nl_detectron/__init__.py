@@ -15,3 +15,29 @@ except ImportError as e:  # pragma: no cover - exercised by tests with the modul
         "`bash scripts/ensure_env.sh` in the nl_detectron checkout, which installs a working one "
         "into .venv/ (see README.md, 'Installation')."
     ) from e
+
+from . import (
+    data,  # noqa: E402  (registers the built-in datasets)
+    evaluation,  # noqa: E402
+    modeling,  # noqa: E402  (registers the backbones and the keypoint head)
+)
+from .config import add_nonlocal_config  # noqa: E402
+from .evaluation import FastCOCOEvaluator  # noqa: E402
+from .layers import (  # noqa: E402
+    ContextBlock,
+    DisentangledNonLocalBlock,
+    NonLocalBlock,
+    SpectralNonLocalBlock,
+)
+
+__all__ = [
+    "ContextBlock",
+    "DisentangledNonLocalBlock",
+    "FastCOCOEvaluator",
+    "NonLocalBlock",
+    "SpectralNonLocalBlock",
+    "add_nonlocal_config",
+    "data",
+    "evaluation",
+    "modeling",
+]

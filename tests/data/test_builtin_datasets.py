@@ -1,0 +1,132 @@
+"""Registration of the built-in datasets with detectron2's catalogs."""
+
+import os
+
+import numpy as np
+import pytest
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import create_keypoint_hflip_indices
+
+import nl_detectron  # noqa: F401  (registers on import)
+from nl_detectron.data import (
+    COCO_PERSON_MINI,
+    SHAPES_DATASETS,
+    find_coco_person_mini,
+    missing_datasets,
+    prepare_datasets,
+    register_builtin_datasets,
+    shapes,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHARED_MINI = os.path.join(REPO_ROOT, "..", "shared", "data", COCO_PERSON_MINI)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Registers the built-ins under a temporary root, then restores the default registration."""
+    path = str(tmp_path_factory.mktemp("datasets"))
+    register_builtin_datasets(path)
+    yield path
+    register_builtin_datasets()
+
+
+def test_import_registers_generated_splits():
+    for name in SHAPES_DATASETS:
+        assert name in DatasetCatalog.list()
+        assert MetadataCatalog.get(name).evaluator_type == "coco"
+
+
+def test_registration_reads_and_writes_nothing(tmp_path):
+    register_builtin_datasets(str(tmp_path / "fresh"))
+    try:
+        assert not os.path.exists(tmp_path / "fresh")
+    finally:
+        register_builtin_datasets()
+
+
+def test_load_generates_on_first_use(root):
+    dicts = DatasetCatalog.get("nl_shapes_val")
+    meta = MetadataCatalog.get("nl_shapes_val")
+    assert meta.json_file.startswith(root) and os.path.isfile(meta.json_file)
+    assert len(dicts) == shapes.SPLITS["val"].num_images
+    record = dicts[0]
+    assert os.path.isfile(record["file_name"])
+    assert record["height"] == record["width"] == shapes.SPLITS["val"].image_size
+    for obj in record["annotations"]:
+        assert 0 <= obj["category_id"] < len(shapes.CATEGORY_NAMES)  # contiguous ids
+        assert len(obj["keypoints"]) == 3 * len(shapes.KEYPOINT_NAMES)
+    # load_coco_json set the same classes that registration declared up front.
+    assert meta.thing_classes == list(shapes.CATEGORY_NAMES)
+    assert meta.thing_dataset_id_to_contiguous_id == {i + 1: i for i in range(5)}
+
+
+def test_train_and_val_differ(root):
+    prepare_datasets(["nl_shapes_train", "nl_shapes_val", "coco_2017_train"])
+    train = MetadataCatalog.get("nl_shapes_train").json_file
+    val = MetadataCatalog.get("nl_shapes_val").json_file
+    assert os.path.isfile(train) and os.path.isfile(val) and train != val
+    a, b = DatasetCatalog.get("nl_shapes_train"), DatasetCatalog.get("nl_shapes_val")
+    assert len(a) == shapes.SPLITS["train"].num_images
+    assert a[0]["annotations"] != b[0]["annotations"]
+
+
+def test_keypoint_metadata_drives_flipping(root):
+    meta = MetadataCatalog.get("nl_shapes_train")
+    assert meta.keypoint_names == shapes.KEYPOINT_NAMES
+    assert len(meta.keypoint_oks_sigmas) == len(meta.keypoint_names)
+    flip = create_keypoint_hflip_indices(["nl_shapes_train"])
+    names = meta.keypoint_names
+    assert names[flip[names.index("head")]] == "head"
+    assert names[flip[names.index("left_wrist")]] == "right_wrist"
+    assert sorted(flip) == list(range(len(names)))
+
+
+def test_generated_data_needs_no_files_to_pass_the_check(tmp_path):
+    register_builtin_datasets(str(tmp_path))
+    try:
+        assert missing_datasets(list(SHAPES_DATASETS)) == []
+    finally:
+        register_builtin_datasets()
+
+
+def test_missing_datasets_names_the_missing_paths(tmp_path):
+    from detectron2.data.datasets import register_coco_instances
+
+    json_file = str(tmp_path / "annotations" / "instances_x.json")
+    register_coco_instances("nl_test_absent", {}, json_file, str(tmp_path / "x"))
+    try:
+        problems = missing_datasets(["nl_test_absent", "nl_test_unregistered"])
+    finally:
+        DatasetCatalog.remove("nl_test_absent")
+        MetadataCatalog.remove("nl_test_absent")
+    assert problems == [
+        f"nl_test_absent: json_file {json_file} does not exist",
+        f"nl_test_absent: image_root {tmp_path / 'x'} does not exist",
+        "nl_test_unregistered: not a registered dataset",
+    ]
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MINI), reason="../shared/data is absent")
+def test_coco_person_mini_loads_with_coco_keypoint_metadata():
+    assert os.path.samefile(find_coco_person_mini(os.devnull), SHARED_MINI)
+    assert COCO_PERSON_MINI in DatasetCatalog.list()
+    dicts = DatasetCatalog.get(COCO_PERSON_MINI)
+    meta = MetadataCatalog.get(COCO_PERSON_MINI)
+    assert len(dicts) == 4 and sum(len(d["annotations"]) for d in dicts) == 14
+    assert meta.thing_classes == ["person"]
+    assert len(meta.keypoint_names) == 17 == len(meta.keypoint_oks_sigmas)
+    assert ("left_eye", "right_eye") in meta.keypoint_flip_map
+    num_labelled = 0
+    for record in dicts:
+        assert os.path.isfile(record["file_name"])
+        for obj in record["annotations"]:
+            kp = np.asarray(obj["keypoints"]).reshape(17, 3)
+            labelled = kp[kp[:, 2] > 0]
+            num_labelled += len(labelled)
+            # Real labels may leave the box (an occluded ankle), never the image; +0.5 applied.
+            assert (labelled[:, 0] > 0).all() and (labelled[:, 0] < record["width"]).all()
+            assert (labelled[:, 1] > 0).all() and (labelled[:, 1] < record["height"]).all()
+            assert obj["segmentation"]
+    assert num_labelled > 100
