@@ -1,0 +1,39 @@
+"""Analysis of models with context blocks: FLOP handles, attention maps, stock counterparts."""
+
+from .attention import (
+    CONTEXT_BLOCK_TYPES,
+    AttentionMap,
+    Grid,
+    ImageGeometry,
+    attention_maps,
+    capture_inputs,
+    find_nonlocal_blocks,
+    record_block_inputs,
+    strongest_queries,
+)
+from .attention_overlay import KEY_COLOR, QUERY_COLOR, draw_attention, tile_images
+from .flop_handles import matmul_flop_count, nonlocal_flop_handles, sdpa_flop_count
+from .images import expand_image_paths
+from .stock import load_stock_weights, stock_config
+
+__all__ = [
+    "CONTEXT_BLOCK_TYPES",
+    "AttentionMap",
+    "Grid",
+    "ImageGeometry",
+    "KEY_COLOR",
+    "QUERY_COLOR",
+    "attention_maps",
+    "capture_inputs",
+    "draw_attention",
+    "expand_image_paths",
+    "find_nonlocal_blocks",
+    "load_stock_weights",
+    "matmul_flop_count",
+    "nonlocal_flop_handles",
+    "record_block_inputs",
+    "sdpa_flop_count",
+    "stock_config",
+    "strongest_queries",
+    "tile_images",
+]

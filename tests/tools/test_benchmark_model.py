@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+GN = ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN", "MODEL.BACKBONE.FREEZE_AT", "0"]
+
+
+def test_interleaved_train_and_inference_timings(load_tool, nl_config, opts_for):
+    tool = load_tool("benchmark_model")
+    results = tool.main(
+        ["--config-file", nl_config, "--input-size", "96", "128", "--batch-size", "1"]
+        + ["--iters", "2", "--warmup", "1", "--no-memory", "--opts"]
+        + opts_for("")
+        + GN
+    )
+    for name in ("nl", "stock"):
+        assert len(results[name]["train"]) == 2 and len(results[name]["inference"]) == 2
+        assert all(t > 0 for t in results[name]["train"] + results[name]["inference"])
+
+
+def test_synthetic_batch_has_all_targets(load_tool, tiny_cfg):
+    tool = load_tool("benchmark_model")
+    tiny_cfg.MODEL.KEYPOINT_ON = True
+    batch = tool.synthetic_batch(tiny_cfg, 2, (64, 80))
+    assert len(batch) == 2
+    inst = batch[0]["instances"]
+    assert batch[0]["image"].shape == (3, 64, 80) and inst.image_size == (64, 80)
+    boxes = inst.gt_boxes.tensor
+    assert len(inst) == 4 and inst.gt_masks.tensor.shape == (4, 64, 80)
+    points = inst.gt_keypoints.tensor
+    assert points.shape == (4, 17, 3)
+    # keypoints lie in their boxes
+    assert (points[..., 0] >= boxes[:, None, 0]).all() and (
+        points[..., 0] <= boxes[:, None, 2]
+    ).all()
+
+
+def test_rss_growth_sees_a_step_allocation(load_tool):
+    tool = load_tool("benchmark_model")
+    pytest.importorskip("resource")  # Linux /proc is what rss_growth reads
+
+    def step():
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        return block.sum()
+
+    assert 48 * 2**20 < tool.rss_growth(step) < 200 * 2**20
+
+
+def test_bad_arguments(load_tool, nl_config):
+    tool = load_tool("benchmark_model")
+    with pytest.raises(ValueError, match="--iters=0"):
+        tool.main(["--config-file", nl_config, "--iters", "0"])

@@ -1,0 +1,115 @@
+#!/usr/bin/env python
+"""
+Run a trained config on images and write its predictions drawn over them.
+
+Boxes, class names and scores, masks and keypoints are drawn by detectron2's ``Visualizer``, with
+the class names of ``cfg.DATASETS.TEST[0]`` (or TRAIN[0]) when that dataset is registered.
+One output image per input, same size, same file name, in ``--output``.
+
+Example:
+
+    python tools/demo.py --config-file CONFIG --input photos/ --output predictions/ \\
+        --opts MODEL.WEIGHTS output/model_final.pth
+"""
+
+import argparse
+import logging
+import os
+
+import cv2
+import torch
+import tqdm
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog, detection_utils
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from nl_detectron import add_nonlocal_config
+from nl_detectron.analysis import expand_image_paths
+
+logger = logging.getLogger("nl_detectron.demo")
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_nonlocal_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no GPU is available: using the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def dataset_metadata(cfg):
+    """Metadata (class names, keypoint names) of the first registered test or train dataset."""
+    names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
+    for name in names:
+        metadata = MetadataCatalog.get(name)
+        if metadata.get("thing_classes") is not None:
+            return metadata
+    logger.warning(f"none of the datasets {names} has class names; drawing class indices")
+    return MetadataCatalog.get("__nl_detectron_demo_unnamed")
+
+
+def run(args):
+    """Writes one picture per input image; returns their paths."""
+    if not 0 <= args.confidence_threshold <= 1:
+        raise ValueError(f"--confidence-threshold={args.confidence_threshold} must lie in [0, 1]")
+    paths = expand_image_paths(args.input)
+    cfg = setup(args)
+    predictor = DefaultPredictor(cfg)
+    metadata = dataset_metadata(cfg)
+    os.makedirs(args.output, exist_ok=True)
+    written = []
+    for path in tqdm.tqdm(paths, desc="demo", unit="image", disable=len(paths) < 2):
+        image = detection_utils.read_image(path, format="BGR")  # what DefaultPredictor expects
+        instances = predictor(image)["instances"].to("cpu")
+        visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+        picture = visualizer.draw_instance_predictions(instances).get_image()  # RGB
+        out = os.path.join(args.output, os.path.basename(path))
+        cv2.imwrite(out, picture[:, :, ::-1])
+        written.append(out)
+        logger.info(f"{path}: {len(instances)} instances -> {out}")
+    return written
+
+
+def argument_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
+    )
+    parser.add_argument("--output", required=True, help="folder for the pictures")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="minimum score of drawn instances",
+    )
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config KEY VALUE pairs; must come last",
+    )
+    return parser
+
+
+def main(argv=None):
+    args = argument_parser().parse_args(argv)
+    setup_logger(name="nl_detectron")
+    setup_logger()
+    return run(args)
+
+
+if __name__ == "__main__":
+    main()

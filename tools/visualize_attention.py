@@ -1,0 +1,201 @@
+#!/usr/bin/env python
+"""
+Draw where the context blocks of a trained model look, for query points on real images.
+
+For every image, every context block in the backbone and every query point, one PNG of the
+image's size: the query's attention weights over the block's key grid as a heat overlay and
+arrows from the query to its ``--top-k`` most-attended positions (Figure 3 of Wang et al. 2018).
+The weights come from the block's own ``attention_weights(x, queries)`` on its input, captured
+with a forward hook; no N x N affinity is built.
+
+Examples:
+
+    python tools/visualize_attention.py --config-file CONFIG --input photo.jpg \\
+        --queries 320,200 100,50 --output attention/ --opts MODEL.WEIGHTS model_final.pth
+
+    # the 3 queries each block changes most, on every image of a folder, plus an overview
+    python tools/visualize_attention.py --config-file CONFIG --input photos/ --num-queries 3 \\
+        --overview --output attention/ --opts MODEL.WEIGHTS model_final.pth
+"""
+
+import argparse
+import logging
+import os
+import re
+
+import cv2
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+
+from nl_detectron import add_nonlocal_config
+from nl_detectron.analysis import (
+    attention_maps,
+    draw_attention,
+    expand_image_paths,
+    find_nonlocal_blocks,
+    record_block_inputs,
+    strongest_queries,
+    tile_images,
+)
+
+logger = logging.getLogger("nl_detectron.visualize_attention")
+
+PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 9]  # photos compress poorly; keep files small
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_nonlocal_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no GPU is available: using the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    return cfg
+
+
+def parse_point(text):
+    match = re.fullmatch(r"\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*", text)
+    if not match:
+        raise ValueError(f"query point {text!r} is not of the form X,Y (pixels, e.g. 320,200)")
+    return float(match.group(1)), float(match.group(2))
+
+
+def short_name(block_name):
+    """backbone.bottom_up.res4.nonlocal5.block -> res4.nonlocal5"""
+    name = block_name.replace("backbone.bottom_up.", "").replace("backbone.", "")
+    return name[: -len(".block")] if name.endswith(".block") else name
+
+
+def backbone_blocks(model, config_file, selected):
+    blocks = find_nonlocal_blocks(model)
+    if not blocks:
+        raise ValueError(
+            f"config {config_file!r} builds a model without context blocks (NonLocalBlock, "
+            "DisentangledNonLocalBlock, SpectralNonLocalBlock or ContextBlock); use a config whose "
+            "MODEL.BACKBONE.NAME is build_resnet_nl_fpn_backbone or build_resnet_nl_backbone"
+        )
+    in_backbone = {n: b for n, b in blocks.items() if n.startswith("backbone.")}
+    if not in_backbone:
+        raise ValueError(
+            f"config {config_file!r} has context blocks only outside the backbone "
+            f"({list(blocks)}); attention maps are drawn for blocks that see the whole image"
+        )
+    if selected:
+        unknown = [s for s in selected if s not in {short_name(n) for n in in_backbone}]
+        if unknown:
+            raise ValueError(
+                f"--blocks {unknown} not found; allowed: {[short_name(n) for n in in_backbone]}"
+            )
+        in_backbone = {n: b for n, b in in_backbone.items() if short_name(n) in selected}
+    return in_backbone
+
+
+def visualize(args):
+    """Writes the PNGs; returns their paths."""
+    if args.top_k < 1:
+        raise ValueError(f"--top-k={args.top_k} must be >= 1")
+    if args.num_queries < 1:
+        raise ValueError(f"--num-queries={args.num_queries} must be >= 1")
+    queries = [parse_point(q) for q in args.queries or []]
+    paths = expand_image_paths(args.input)
+    cfg = setup(args)
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model.eval()
+    blocks = backbone_blocks(model, args.config_file, args.blocks)
+    transform = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    os.makedirs(args.output, exist_ok=True)
+
+    written = []
+    for path in paths:
+        image = detection_utils.read_image(path, format="RGB")  # [H, W, 3] uint8
+        model_image = image if cfg.INPUT.FORMAT == "RGB" else image[:, :, ::-1]
+        inputs, geometry = record_block_inputs(model, model_image, transform, blocks)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        overview = []
+        for name, block in blocks.items():
+            x = inputs[name]
+            points = queries or strongest_queries(block, x, geometry, args.num_queries)
+            row = []
+            for q, amap in enumerate(attention_maps(block, name, x, geometry, points, args.top_k)):
+                title = (
+                    f"{type(block).__name__} {short_name(name)}: max weight "
+                    f"{amap.weights.max():.3g} (uniform {1 / amap.weights.size:.3g})"
+                )
+                picture = draw_attention(image, amap, title=title)
+                out = os.path.join(args.output, f"{stem}_{short_name(name)}_q{q}.png")
+                cv2.imwrite(out, picture[:, :, ::-1], PNG_OPTIONS)
+                written.append(out)
+                row.append(picture)
+                top = ", ".join(
+                    f"({px:.0f},{py:.0f}):{w:.3g}"
+                    for (px, py), w in zip(amap.top_xy[:3], amap.top_weights[:3])
+                )
+                logger.info(
+                    f"{stem} {short_name(name)} query ({amap.query_xy[0]:.0f},"
+                    f"{amap.query_xy[1]:.0f}): strongest keys {top} -> {out}"
+                )
+            overview.append(row)
+        if args.overview:
+            out = os.path.join(args.output, f"{stem}_overview.png")
+            cv2.imwrite(out, tile_images(overview, args.overview_width)[:, :, ::-1], PNG_OPTIONS)
+            written.append(out)
+            logger.info(f"overview -> {out}")
+    return written
+
+
+def argument_parser():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
+    )
+    parser.add_argument("--output", required=True, help="folder for the PNGs")
+    parser.add_argument(
+        "--queries",
+        nargs="+",
+        metavar="X,Y",
+        help="query points in original-image pixels (default: the strongest queries per block)",
+    )
+    parser.add_argument(
+        "--num-queries",
+        type=int,
+        default=3,
+        help="without --queries: how many of the positions each block changes most",
+    )
+    parser.add_argument("--top-k", type=int, default=20, help="arrows per query (paper: 20)")
+    parser.add_argument(
+        "--blocks", nargs="+", metavar="NAME", help="only these blocks, e.g. res4.nonlocal5"
+    )
+    parser.add_argument(
+        "--overview", action="store_true", help="also one tiled PNG per image (blocks x queries)"
+    )
+    parser.add_argument("--overview-width", type=int, default=320, help="panel width in overviews")
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config KEY VALUE pairs; must come last",
+    )
+    return parser
+
+
+def main(argv=None):
+    args = argument_parser().parse_args(argv)
+    setup_logger(name="nl_detectron")
+    setup_logger()
+    return visualize(args)
+
+
+if __name__ == "__main__":
+    main()
