@@ -32,7 +32,6 @@ from fvcore.nn.jit_handles import generic_activation_jit
 from tabulate import tabulate
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import (
@@ -42,10 +41,10 @@ from detectron2.utils.analysis import (
 )
 from detectron2.utils.logger import setup_logger
 
-from nl_detectron import add_nonlocal_config
 from nl_detectron.analysis import (
     find_nonlocal_blocks,
     load_stock_weights,
+    load_tool_config,
     nonlocal_flop_handles,
     stock_config,
 )
@@ -54,14 +53,7 @@ logger = logging.getLogger("nl_detectron.analyze_model")
 
 
 def setup(config_file, opts):
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.DATALOADER.NUM_WORKERS = 0
-    cfg.merge_from_list(opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no GPU is available: using the CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = load_tool_config(config_file, opts, defaults=["DATALOADER.NUM_WORKERS", 0])
     cfg.freeze()
     return cfg
 

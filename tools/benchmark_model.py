@@ -31,15 +31,13 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
-from nl_detectron import add_nonlocal_config
-from nl_detectron.analysis import load_stock_weights, stock_config
+from nl_detectron.analysis import load_stock_weights, load_tool_config, stock_config
 
 logger = logging.getLogger("nl_detectron.benchmark_model")
 
@@ -47,15 +45,9 @@ MODELS = ("nl", "stock")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_tool_config(args.config_file, args.opts)
     # the heads always process the full cfg.TEST.DETECTIONS_PER_IMAGE, whatever the scores
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no GPU is available: using the CPU")
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg, stock_config(cfg, source=args.config_file)
 

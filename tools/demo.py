@@ -17,32 +17,23 @@ import logging
 import os
 
 import cv2
-import torch
 import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog, detection_utils
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from nl_detectron import add_nonlocal_config
-from nl_detectron.analysis import expand_image_paths
+from nl_detectron.analysis import expand_image_paths, load_tool_config
 
 logger = logging.getLogger("nl_detectron.demo")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_tool_config(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no GPU is available: using the CPU")
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

@@ -24,21 +24,19 @@ import os
 import re
 
 import cv2
-import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from nl_detectron import add_nonlocal_config
 from nl_detectron.analysis import (
     attention_maps,
     draw_attention,
     expand_image_paths,
     find_nonlocal_blocks,
+    load_tool_config,
     record_block_inputs,
     strongest_queries,
     tile_images,
@@ -50,13 +48,7 @@ PNG_OPTIONS = [cv2.IMWRITE_PNG_COMPRESSION, 9]  # photos compress poorly; keep f
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_nonlocal_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no GPU is available: using the CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = load_tool_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 

@@ -15,6 +15,7 @@ from .attention_overlay import KEY_COLOR, QUERY_COLOR, draw_attention, tile_imag
 from .flop_handles import matmul_flop_count, nonlocal_flop_handles, sdpa_flop_count
 from .images import expand_image_paths
 from .stock import load_stock_weights, stock_config
+from .tool_config import load_tool_config
 
 __all__ = [
     "CONTEXT_BLOCK_TYPES",
@@ -29,6 +30,7 @@ __all__ = [
     "expand_image_paths",
     "find_nonlocal_blocks",
     "load_stock_weights",
+    "load_tool_config",
     "matmul_flop_count",
     "nonlocal_flop_handles",
     "record_block_inputs",
