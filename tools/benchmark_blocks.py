@@ -10,12 +10,11 @@ forward (no grad) and forward+backward wall times, their ratio, and the peak ext
 - "core": only the pairwise aggregation, from precomputed embeddings (leaf tensors that require a
   gradient) to y, for every variant but GC: the library's own fast core against the straightforward
   explicit one (build the N x M affinity, normalise, multiply), written out in this script as an
-  independent reference. The fast cores are the library's internal functions:
-  ``NonLocalBlock._aggregate`` (all four instantiations); for DNL, whose fast path is inline in
-  ``forward``, :func:`softmax_attention` plus the same single unary product ``softmax(u) . g``;
-  for SNL ``SpectralNonLocalBlock._propagate`` and ``_inv_sqrt``, with the degrees d = M_hat 1 also
-  from ``_propagate`` (on a ones vector) because the library computes them inside ``_embed``, after
-  the convs. The explicit SNL builds T P^T once and adds its transpose (one N x N x C' product, not
+  independent reference. The fast cores are the library's internal functions called by the
+  blocks' forward: ``NonLocalBlock._aggregate`` (all four instantiations),
+  ``DisentangledNonLocalBlock._aggregate`` and, for SNL, ``SpectralNonLocalBlock._degree``,
+  ``_inv_sqrt`` and ``_propagate`` on [T, P] (concatenated here, as the block does before its
+  ReLU). The explicit SNL builds T P^T once and adds its transpose (one N x N x C' product, not
   the formula's two). Before timing, every fast core is checked against its explicit one on a
   small input.
 
@@ -29,8 +28,8 @@ which consist of few, large ops.
 The script also measures this machine's fp32 matrix-multiplication rate (square 2048 GEMMs) and the
 rate the embedded-Gaussian core (the fused attention call, 4 B N M C' flops) reaches, as a fraction.
 
-Usage: python tools/benchmark_blocks.py [--stages res3 res4] [--tables block core] [--repeats 1]
-    [--threads 2]
+Usage: python tools/benchmark_blocks.py [--stages res3 res4] [--tables block core]
+    [--variants "NL dot_product" ...] [--repeats 1] [--threads 2]
 Explicit res3 needs several GB (N x N = 16800^2 floats per sample); a full run takes many minutes.
 The 1/5/15-minute load average is printed before and after each table (the machine may be shared).
 """
@@ -164,16 +163,11 @@ def dnl_core(batch, channels, positions):
     inputs = tuple(_leaf(batch, positions, width) for _ in range(3))
     unary = torch.softmax(torch.randn(batch, positions), dim=1).requires_grad_(True)
 
-    def fast(theta, phi, g, unary):
-        # The block's forward: fused pairwise term plus the unary term shared by all queries.
-        y = softmax_attention(theta, phi, g, block.scale)
-        return y + torch.matmul(unary.unsqueeze(1), g)
-
     def explicit(theta, phi, g, unary):
         logits = torch.matmul(theta, phi.transpose(1, 2)) * block.scale  # [B, N, M]
         return torch.matmul(torch.softmax(logits, dim=-1) + unary.unsqueeze(1), g)
 
-    return (*inputs, unary), fast, explicit
+    return (*inputs, unary), block._aggregate, explicit
 
 
 def snl_core(batch, channels, positions):
@@ -184,9 +178,8 @@ def snl_core(batch, channels, positions):
     inputs += (_leaf(batch, positions, width),)
 
     def fast(t, p, z):
-        ones = torch.ones(batch, positions, 1)
-        degree = block._propagate(t, p, ones, ones)  # M_hat 1
-        return block._propagate(t, p, block._inv_sqrt(degree), z)
+        tp = torch.cat([t, p], dim=2)  # the block concatenates theta(x), phi(x) before the ReLU
+        return block._propagate(tp, block._inv_sqrt(block._degree(tp)), z)
 
     def explicit(t, p, z):
         m = torch.matmul(t, p.transpose(1, 2))  # [B, N, N]; P T^T is its transpose
@@ -245,12 +238,14 @@ def _load():
     return " / ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def block_table(stages, repeats):
+def block_table(stages, repeats, variants):
     print_table_header("Whole blocks, fast path vs explicit = True")
     for stage in stages:
         batch, channels, height, width = STAGES[stage]
         x = torch.randn(batch, channels, height, width)
         for name, make in VARIANTS.items():
+            if name not in variants:
+                continue
             block = make(channels).train()
 
             def make_fn(explicit, backward, block=block, x=x):
@@ -268,11 +263,13 @@ def block_table(stages, repeats):
     print(f"load average after: {_load()}", flush=True)
 
 
-def core_table(stages, repeats):
+def core_table(stages, repeats, variants):
     print_table_header("Pairwise cores only (embeddings -> y), library fast core vs explicit")
     for stage in stages:
         batch, channels, height, width = STAGES[stage]
         for name, make in CORES.items():
+            if name not in variants:
+                continue
             inputs, fast, explicit = make(batch, channels, height * width)
 
             def make_fn(use_explicit, backward, inputs=inputs, fast=fast, explicit=explicit):
@@ -328,6 +325,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=["res4", "res3"])
     parser.add_argument("--tables", nargs="+", choices=("block", "core"), default=["block", "core"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        metavar="NAME",
+        help=f"rows to measure (default all): {', '.join(map(repr, VARIANTS))}",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs per measurement (best kept)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -342,10 +347,10 @@ def main():
             for explicit in (False, True):
                 block.explicit = explicit
                 run_block(block, torch.randn(2, 64, 6, 5), backward=True)()
-        block_table(args.stages, args.repeats)
+        block_table(args.stages, args.repeats, args.variants)
     if "core" in args.tables:
         check_cores()  # also warms up every core
-        core_table(args.stages, args.repeats)
+        core_table(args.stages, args.repeats, args.variants)
 
 
 if __name__ == "__main__":

@@ -17,96 +17,88 @@ def _pad_last(t: torch.Tensor, width: int) -> torch.Tensor:
     return t if t.shape[-1] == width else F.pad(t, (0, width - t.shape[-1]))
 
 
-# Query rows per backward chunk are chosen so that one [B, rows, M] block holds about this many
-# elements (32 MiB in fp32): the backward never holds more than a few such blocks.
-BACKWARD_CHUNK_ELEMENTS = 1 << 23
-# When training, an affinity P [B, N, M] up to this size is kept for the backward instead of being
-# recomputed chunk by chunk (the recompute costs one more N x M x C' product): 160 MiB covers res4
-# of an 800x1333 input at batch 2 (141 MB in fp32), never res3 (2.3 GB).
+# An affinity P [B, N, M] up to this size may be built in place (and kept for the backward), see
+# :func:`softmax_attention`: 160 MiB covers res4 of an 800x1333 input at batch 2 (141 MB in fp32),
+# never res3 (2.3 GB). Larger maps always run the flash kernel.
 SAVED_AFFINITY_BYTES = 160 << 20
 
 
-def _fused_attention(q, k, v, scale: float) -> torch.Tensor:
-    """SDPA on [B, N, D], [B, M, D], [B, M, E] arranged so that the CPU flash kernel runs.
+def _fused_operands(q, k, v):
+    """[B, 1, n, W] contiguous copies of q, k, v, the narrower ones zero-padded to one width W.
 
     The CPU flash kernel only runs for contiguous [B, heads, N, D] inputs whose value width equals
     the query width; otherwise SDPA silently switches to the math kernel, which materialises N x M.
-    So the narrower of (q, k) and v is zero-padded to the wider width (zeros change neither
-    q_i . k_j nor the kept value columns) and every operand is made contiguous.
+    Zero columns change neither q_i . k_j nor the kept value columns.
     """
-    out_width = v.shape[-1]
-    width = max(q.shape[-1], out_width)
+    width = max(q.shape[-1], v.shape[-1])
     same_keys = k is q  # "gaussian" without sub-sampling: one copy serves both
     q, v = (_pad_last(t, width).unsqueeze(1).contiguous() for t in (q, v))
     k = q if same_keys else _pad_last(k, width).unsqueeze(1).contiguous()
-    y = F.scaled_dot_product_attention(q, k, v, scale=scale).squeeze(1)
+    return q, k, v
+
+
+def _fused_attention(q, k, v, scale: float) -> torch.Tensor:
+    """SDPA on [B, N, D], [B, M, D], [B, M, E] arranged so that the flash kernel runs (forward
+    and backward); the result is [B, N, E]."""
+    y = F.scaled_dot_product_attention(*_fused_operands(q, k, v), scale=scale).squeeze(1)
     # A narrow copy lets the padded result be freed at once.
-    return y if out_width == width else y[..., :out_width].contiguous()
+    return y if y.shape[-1] == v.shape[-1] else y[..., : v.shape[-1]].contiguous()
 
 
-class _SoftmaxAttention(torch.autograd.Function):
-    """Fused forward; backward in query chunks with plain matrix products.
+class _SavedAffinityAttention(torch.autograd.Function):
+    """softmax(s Q K^T) V with P = softmax(s Q K^T) [B, N, M] built in place and kept.
 
-    The CPU flash kernel's backward is several times slower than its forward (it parallelises over
-    batch x heads only), so the gradient is computed here: for each chunk of query rows,
-    P = softmax(s Q_c K^T) is recomputed, then with delta_i = dO_i . O_i (= sum_j P_ij dP_ij):
-    dV += P^T dO_c, dS = P * (dO_c V^T - delta), dQ_c = s dS K, dK += s dS^T Q_c.
+    For affinities small enough to keep, this is the explicit formula without its temporaries
+    (autograd would keep s Q K^T, P and allocate dP and dS separately) and without the flash
+    kernel's padding of a narrower value (under no_grad nothing is kept). Backward, with delta_i = dO_i . O_i
+    (= sum_j P_ij dP_ij): dV = P^T dO, dS = P * (dO V^T - delta), dQ = s dS K, dK = s dS^T Q.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
-        out = _fused_attention(q, k, v, scale)
+        p = torch.matmul(q, k.transpose(1, 2)).mul_(scale)  # [B, N, M]
+        p = p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
+        p = p.div_(p.sum(dim=-1, keepdim=True))
+        out = torch.matmul(p, v)
         ctx.scale = scale
-        ctx.save_for_backward(q, k, v, out)
+        ctx.save_for_backward(q, k, v, out, p)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
+        q, k, v, out, p = ctx.saved_tensors
+        grad_v = torch.matmul(p.transpose(1, 2), grad_out)
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, grad_v, None  # e.g. "gaussian" on an input that needs no gradient
         delta = (grad_out * out).sum(dim=-1, keepdim=True)  # [B, N, 1]
-        q_scaled = q * ctx.scale  # folding s into Q saves a pass over every [B, n, M] block
-        grad_q = torch.empty_like(q)
-        grad_k = torch.zeros_like(k)
-        grad_v = torch.zeros_like(v)
-        batch, num_queries = q.shape[:2]
-        step = max(1, BACKWARD_CHUNK_ELEMENTS // max(1, batch * k.shape[1]))
-        k_t, v_t = k.transpose(1, 2), v.transpose(1, 2)
-        need_qk = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        for start in range(0, num_queries, step):
-            rows = slice(start, start + step)
-            q_c, grad_out_c = q_scaled[:, rows], grad_out[:, rows]
-            p = torch.softmax(torch.matmul(q_c, k_t), dim=-1)  # [B, n, M]
-            grad_v.baddbmm_(p.transpose(1, 2), grad_out_c)
-            if not need_qk:  # e.g. "gaussian" on an input that needs no gradient
-                continue
-            grad_s = torch.matmul(grad_out_c, v_t).sub_(delta[:, rows]).mul_(p)  # [B, n, M]
-            del p
-            torch.matmul(grad_s, k, out=grad_q[:, rows])
-            grad_k.baddbmm_(grad_s.transpose(1, 2), q_c)
-        if not need_qk:
-            return None, None, grad_v, None
-        return grad_q.mul_(ctx.scale), grad_k, grad_v, None
+        grad_s = torch.matmul(grad_out, v.transpose(1, 2)).sub_(delta).mul_(p)  # [B, N, M]
+        grad_q = torch.matmul(grad_s, k).mul_(ctx.scale)
+        grad_k = torch.matmul(grad_s.transpose(1, 2), q).mul_(ctx.scale)
+        return grad_q, grad_k, grad_v, None
 
 
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
     """y_i = sum_j softmax_j(scale * q_i . k_j) v_j for q [B, N, D], k [B, M, D], v [B, M, E].
 
-    The forward runs the fused (flash) SDPA kernel and never builds N x M; the backward (see
-    :class:`_SoftmaxAttention`) holds only chunks of it.
+    Maps whose affinity [B, N, M] exceeds SAVED_AFFINITY_BYTES run the fused (flash) SDPA kernel,
+    forward and backward, and never build N x M. Smaller ones build it in place
+    (:class:`_SavedAffinityAttention`) when training, or when the fused kernel would have to pad a
+    value narrower than the keys ("gaussian"); otherwise the fused kernel runs.
     """
     dtype = v.dtype  # under autocast the identity embeddings of "gaussian" stay fp32, v does not
     same_keys = k is q
     q = q.to(dtype)
     k = q if same_keys else k.to(dtype)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    # Tracers and export record the plain SDPA call; the custom backward only matters for training.
-    if not needs_grad or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return _fused_attention(q, k, v, scale)
-    if q.shape[0] * q.shape[1] * k.shape[1] * v.element_size() <= SAVED_AFFINITY_BYTES:
-        # Small maps: keeping P for the backward is cheaper than recomputing it, and small.
-        return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(1, 2)) * scale, dim=-1), v)
-    return _SoftmaxAttention.apply(q, k, v, scale)
+    affinity_bytes = q.shape[0] * q.shape[1] * k.shape[1] * q.element_size()
+    # Tracers and export record the plain SDPA call.
+    if (
+        affinity_bytes <= SAVED_AFFINITY_BYTES
+        and (needs_grad or q.shape[-1] > v.shape[-1])
+        and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+    ):
+        return _SavedAffinityAttention.apply(q, k, v, scale)
+    return _fused_attention(q, k, v, scale)
 
 
 def _suffix_sums(t: torch.Tensor) -> torch.Tensor:

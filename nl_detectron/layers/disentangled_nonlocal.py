@@ -114,6 +114,12 @@ class DisentangledNonLocalBlock(NonLocalBase):
         logits = torch.matmul(theta, phi.transpose(1, 2)) * self.scale
         return torch.softmax(logits, dim=-1) + unary.unsqueeze(1)
 
+    def _aggregate(self, theta, phi, g, unary) -> torch.Tensor:
+        """y = A g [B, N, C'] without the N x M matrix A: the fused pairwise term plus the unary
+        term sum_j softmax_j(u_j) g_j [B, 1, C'], the same for every query."""
+        y = softmax_attention(theta, phi, g, self.scale)
+        return y + torch.matmul(unary.unsqueeze(1).to(g.dtype), g)
+
     def attention_weights(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """a_ij [B, Q, M] for the flat query positions ``queries`` [Q] and all M key positions."""
         self.check_queries(x, queries)
@@ -129,8 +135,6 @@ class DisentangledNonLocalBlock(NonLocalBase):
                 lambda s: self._affinity(theta[:, s], phi, unary), g, theta.shape[1]
             )
         else:
-            # [B, N, C'] + [B, 1, C']: the unary term is the same for every query.
-            y = softmax_attention(theta, phi, g, self.scale)
-            y = y + torch.matmul(unary.unsqueeze(1).to(g.dtype), g)
+            y = self._aggregate(theta, phi, g, unary)
         y = y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
         return x + self.out(y)

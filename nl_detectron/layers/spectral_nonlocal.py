@@ -4,7 +4,6 @@
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import flatten_positions
@@ -20,6 +19,12 @@ from .dims import (
 )
 
 
+def _swap_halves(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[a, b] -> [b, a] along ``dim`` (of even size)."""
+    first, second = t.chunk(2, dim=dim)
+    return torch.cat([second, first], dim=dim)
+
+
 class SpectralNonLocalBlock(NonLocalBase):
     """Spectral non-local block: a graph filter of the given ``order`` on a symmetric affinity.
 
@@ -30,7 +35,7 @@ class SpectralNonLocalBlock(NonLocalBase):
 
     Rows of zero degree get zero weights. Everything is computed in O(N C'^2) through
     associativity: d = (T (P^T 1) + P (T^T 1)) / 2 and A Z = D^-1/2 (T (P^T Z') + P (T^T Z')) / 2
-    with Z' = D^-1/2 Z.
+    with Z' = D^-1/2 Z, each as one pair of products with [T, P] [B, N, 2C'].
 
     Submodules: ``theta``, ``phi``, ``g`` (1x1 convs C -> C'), ``w1`` ... ``w{order}`` (1x1 convs
     C' -> C applied to Z, A Z, ..., A^(order-1) Z) and ``norm`` (identity when norm is "").
@@ -86,14 +91,15 @@ class SpectralNonLocalBlock(NonLocalBase):
         return [getattr(self, f"w{k}") for k in range(1, self.order + 1)]
 
     def _embed(self, x: torch.Tensor):
-        """T, P [B, N, C'] and D^-1/2 [B, N, 1] (zero where the degree is zero)."""
-        t = F.relu(flatten_positions(self.theta(x)))
-        p = F.relu(flatten_positions(self.phi(x)))
-        degree = (
-            torch.matmul(t, p.sum(dim=1).unsqueeze(-1))
-            + torch.matmul(p, t.sum(dim=1).unsqueeze(-1))
-        ) / 2
-        return t, p, self._inv_sqrt(degree)
+        """[T, P] [B, N, 2C'] (T = ReLU(theta(x)), P = ReLU(phi(x))) and D^-1/2 [B, N, 1]."""
+        tp = flatten_positions(torch.cat([self.theta(x), self.phi(x)], dim=1)).relu_()
+        return tp, self._inv_sqrt(self._degree(tp))
+
+    @staticmethod
+    def _degree(tp: torch.Tensor) -> torch.Tensor:
+        """d = M_hat 1 = (T (P^T 1) + P (T^T 1)) / 2 [B, N, 1] from [T, P] [B, N, 2C']."""
+        totals = tp.sum(dim=1, keepdim=True)  # [B, 1, 2C'] = [(T^T 1)^T, (P^T 1)^T]
+        return torch.matmul(tp, _swap_halves(totals, dim=2).transpose(1, 2)) / 2
 
     @staticmethod
     def _inv_sqrt(degree: torch.Tensor) -> torch.Tensor:
@@ -102,49 +108,47 @@ class SpectralNonLocalBlock(NonLocalBase):
         return torch.where(positive, torch.where(positive, degree, 1).rsqrt(), 0)
 
     @staticmethod
-    def _sym_rows(t: torch.Tensor, p: torch.Tensor, s: slice) -> torch.Tensor:
-        """Rows s of M_hat = (T P^T + P T^T) / 2, [B, n, N]."""
-        return (
-            torch.matmul(t[:, s], p.transpose(1, 2)) + torch.matmul(p[:, s], t.transpose(1, 2))
-        ) / 2
+    def _propagate(tp: torch.Tensor, inv_sqrt: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """A z for z [B, N, C'] in O(N C'^2), from [T, P] [B, N, 2C'] and D^-1/2 [B, N, 1].
 
-    def _propagate(self, t, p, inv_sqrt, z: torch.Tensor) -> torch.Tensor:
-        """A z for z [B, N, C'] in O(N C'^2)."""
-        z = inv_sqrt * z
-        az = torch.matmul(t, torch.matmul(p.transpose(1, 2), z))
-        az = az + torch.matmul(p, torch.matmul(t.transpose(1, 2), z))
-        return inv_sqrt * az / 2
+        With z' = D^-1/2 z: M_hat z' = (T (P^T z') + P (T^T z')) / 2 = [T, P] [P^T z'; T^T z'] / 2,
+        two matrix products over 2C' (one gives both T^T z' and P^T z', swapped for the other).
+        """
+        w = torch.matmul(tp.transpose(1, 2), inv_sqrt * z)  # [T^T z'; P^T z'] [B, 2C', C']
+        return inv_sqrt * torch.matmul(tp, _swap_halves(w, dim=1)) / 2
 
-    def _normalised_rows(self, t, p, inv_sqrt, s) -> torch.Tensor:
+    @staticmethod
+    def _sym_rows(tp: torch.Tensor, s) -> torch.Tensor:
+        """Rows s of M_hat = (T P^T + P T^T) / 2 = [T, P] [P, T]^T / 2, [B, n, N]."""
+        return torch.matmul(tp[:, s], _swap_halves(tp, dim=2).transpose(1, 2)) / 2
+
+    def _normalised_rows(self, tp, inv_sqrt, s) -> torch.Tensor:
         """Rows s of A = D^-1/2 M_hat D^-1/2, [B, n, N]."""
-        return inv_sqrt[:, s] * self._sym_rows(t, p, s) * inv_sqrt.transpose(1, 2)
+        return inv_sqrt[:, s] * self._sym_rows(tp, s) * inv_sqrt.transpose(1, 2)
 
     def attention_weights(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Rows A_ij [B, Q, N] of the normalised affinity for the flat positions ``queries`` [Q]."""
         self.check_queries(x, queries)
-        t, p, inv_sqrt = self._embed(x)
-        return self._normalised_rows(t, p, inv_sqrt, queries)
+        tp, inv_sqrt = self._embed(x)
+        return self._normalised_rows(tp, inv_sqrt, queries)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         z = flatten_positions(self.g(x))  # [B, N, C']
         n = z.shape[1]
         if self.explicit:
-            t = F.relu(flatten_positions(self.theta(x)))
-            p = F.relu(flatten_positions(self.phi(x)))
+            tp = flatten_positions(torch.cat([self.theta(x), self.phi(x)], dim=1)).relu_()
             # Row sums keep nothing N x N alive for the backward (a product with ones would).
-            degree = [self._sym_rows(t, p, s).sum(dim=2) for s in self.query_slices(n)]
+            degree = [self._sym_rows(tp, s).sum(dim=2) for s in self.query_slices(n)]
             inv_sqrt = self._inv_sqrt(torch.cat(degree, dim=1).unsqueeze(-1))
         else:
-            t, p, inv_sqrt = self._embed(x)
+            tp, inv_sqrt = self._embed(x)
         out = 0
         for k, w in enumerate(self._filters()):
             if k > 0:  # z <- A z, so term k is A^k Z
                 if self.explicit:
-                    z = self.aggregate_rows(
-                        lambda s: self._normalised_rows(t, p, inv_sqrt, s), z, n
-                    )
+                    z = self.aggregate_rows(lambda s: self._normalised_rows(tp, inv_sqrt, s), z, n)
                 else:
-                    z = self._propagate(t, p, inv_sqrt, z)
+                    z = self._propagate(tp, inv_sqrt, z)
             out = out + w(z.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:]))
         return x + self.norm(out)

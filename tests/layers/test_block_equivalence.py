@@ -218,15 +218,15 @@ def test_spectral_zero_degree_rows_give_zero_weights_and_finite_grads():
     _assert_grads_close(grads, ref_grads)
 
 
+@pytest.mark.parametrize("saved_affinity_bytes", [0, 1 << 20], ids=["flash", "saved-affinity"])
 @pytest.mark.parametrize("query_grad", [True, False], ids=["all-grads", "value-grad-only"])
 @pytest.mark.parametrize(
     "widths", [(6, 6), (6, 3), (3, 5)], ids=["equal", "wide-keys", "wide-values"]
 )
-def test_softmax_attention_chunked_backward(monkeypatch, widths, query_grad):
-    # Force the recomputing backward (small maps otherwise keep P) with chunks of 2 query rows
-    # (B * 2 * M = 2 * 2 * 7 elements), which exercises the accumulation over chunks.
-    monkeypatch.setattr(attention, "SAVED_AFFINITY_BYTES", 0)
-    monkeypatch.setattr(attention, "BACKWARD_CHUNK_ELEMENTS", 28)
+def test_softmax_attention_training_paths(monkeypatch, widths, query_grad, saved_affinity_bytes):
+    # Both training paths: the flash kernel's own backward (affinities over the limit) and the
+    # kept affinity with its hand-written backward.
+    monkeypatch.setattr(attention, "SAVED_AFFINITY_BYTES", saved_affinity_bytes)
     gen = torch.Generator().manual_seed(0)
     d, e = widths
     q = torch.randn(2, 9, d, generator=gen, dtype=torch.float64, requires_grad=query_grad)
@@ -247,9 +247,9 @@ SOFTMAX_CASES = [c for c in CASES if c[0].startswith(("nl-gaussian", "nl-embedde
 
 
 @pytest.mark.parametrize("case", SOFTMAX_CASES, ids=[c[0] for c in SOFTMAX_CASES])
-def test_softmax_blocks_with_the_recomputing_backward(monkeypatch, case):
+def test_softmax_blocks_with_the_flash_backward(monkeypatch, case):
+    # Small maps keep the affinity for the backward; a zero limit forces the flash kernel's.
     monkeypatch.setattr(attention, "SAVED_AFFINITY_BYTES", 0)
-    monkeypatch.setattr(attention, "BACKWARD_CHUNK_ELEMENTS", 40)
     _, cls, kwargs = case
     block = make_block(cls, kwargs, dim=2)
     x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
