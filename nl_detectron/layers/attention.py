@@ -50,8 +50,9 @@ class _SavedAffinityAttention(torch.autograd.Function):
 
     For affinities small enough to keep, this is the explicit formula without its temporaries
     (autograd would keep s Q K^T, P and allocate dP and dS separately) and without the flash
-    kernel's padding of a narrower value (under no_grad nothing is kept). Backward, with delta_i = dO_i . O_i
-    (= sum_j P_ij dP_ij): dV = P^T dO, dS = P * (dO V^T - delta), dQ = s dS K, dK = s dS^T Q.
+    kernel's padding of a narrower value (under no_grad nothing is kept). Backward, with
+    delta_i = dO_i . O_i (= sum_j P_ij dP_ij): dV = P^T dO, dS = P * (dO V^T - delta),
+    dQ = s dS K, dK = s dS^T Q.
     """
 
     @staticmethod
