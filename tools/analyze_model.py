@@ -216,7 +216,7 @@ def log_overhead_table(results, args):
                 r["blocks"],
                 r["flops"] / 1e9,
                 f"+{100 * (r['flops'] / r['stock_flops'] - 1):.2f}%",
-                r["block_flops"] / 1e9,
+                f"{r['block_flops'] / 1e9:.2f}",  # a text column ("-" for stock): format here
                 r["params"] / 1e6,
                 f"+{100 * (r['params'] / r['stock_params'] - 1):.2f}%",
             ]
