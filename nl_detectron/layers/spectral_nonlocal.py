@@ -90,9 +90,13 @@ class SpectralNonLocalBlock(NonLocalBase):
     def _filters(self):
         return [getattr(self, f"w{k}") for k in range(1, self.order + 1)]
 
+    def _pair_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, P] [B, N, 2C'] with T = ReLU(theta(x)), P = ReLU(phi(x)) (one copy, one ReLU)."""
+        return flatten_positions(torch.cat([self.theta(x), self.phi(x)], dim=1)).relu_()
+
     def _embed(self, x: torch.Tensor):
-        """[T, P] [B, N, 2C'] (T = ReLU(theta(x)), P = ReLU(phi(x))) and D^-1/2 [B, N, 1]."""
-        tp = flatten_positions(torch.cat([self.theta(x), self.phi(x)], dim=1)).relu_()
+        """[T, P] [B, N, 2C'] and D^-1/2 [B, N, 1] (zero where the degree is zero)."""
+        tp = self._pair_embeddings(x)
         return tp, self._inv_sqrt(self._degree(tp))
 
     @staticmethod
@@ -137,7 +141,7 @@ class SpectralNonLocalBlock(NonLocalBase):
         z = flatten_positions(self.g(x))  # [B, N, C']
         n = z.shape[1]
         if self.explicit:
-            tp = flatten_positions(torch.cat([self.theta(x), self.phi(x)], dim=1)).relu_()
+            tp = self._pair_embeddings(x)
             # Row sums keep nothing N x N alive for the backward (a product with ones would).
             degree = [self._sym_rows(tp, s).sum(dim=2) for s in self.query_slices(n)]
             inv_sqrt = self._inv_sqrt(torch.cat(degree, dim=1).unsqueeze(-1))
