@@ -37,7 +37,12 @@ from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
-from nl_detectron.analysis import load_stock_weights, load_tool_config, stock_config
+from nl_detectron.analysis import (
+    add_opts_argument,
+    load_stock_weights,
+    load_tool_config,
+    stock_config,
+)
 
 logger = logging.getLogger("nl_detectron.benchmark_model")
 
@@ -278,9 +283,7 @@ def argument_parser():
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--memory-child", choices=MODELS, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config KEY VALUE pairs; must be last"
-    )
+    add_opts_argument(parser)
     return parser
 
 

@@ -12,7 +12,6 @@ Example:
         --opts MODEL.WEIGHTS output/model_final.pth
 """
 
-import argparse
 import logging
 import os
 
@@ -21,10 +20,14 @@ import tqdm
 
 from detectron2.data import MetadataCatalog, detection_utils
 from detectron2.engine import DefaultPredictor
-from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from nl_detectron.analysis import expand_image_paths, load_tool_config
+from nl_detectron.analysis import (
+    expand_image_paths,
+    image_tool_argument_parser,
+    load_tool_config,
+    parse_tool_args,
+)
 
 logger = logging.getLogger("nl_detectron.demo")
 
@@ -72,34 +75,18 @@ def run(args):
 
 
 def argument_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument(
-        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
-    )
-    parser.add_argument("--output", required=True, help="folder for the pictures")
+    parser = image_tool_argument_parser(__doc__, "folder for the pictures")
     parser.add_argument(
         "--confidence-threshold",
         type=float,
         default=0.5,
         help="minimum score of drawn instances",
     )
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        help="config KEY VALUE pairs; must come last",
-    )
     return parser
 
 
 def main(argv=None):
-    args = argument_parser().parse_args(argv)
-    setup_logger(name="nl_detectron")
-    setup_logger()
-    return run(args)
+    return run(parse_tool_args(argument_parser(), argv))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Examples:
         --overview --output attention/ --opts MODEL.WEIGHTS model_final.pth
 """
 
-import argparse
 import logging
 import os
 import re
@@ -29,14 +28,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import detection_utils
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
-from detectron2.utils.logger import setup_logger
 
 from nl_detectron.analysis import (
     attention_maps,
     draw_attention,
     expand_image_paths,
     find_nonlocal_blocks,
+    image_tool_argument_parser,
     load_tool_config,
+    parse_tool_args,
     record_block_inputs,
     strongest_queries,
     tile_images,
@@ -145,14 +145,7 @@ def visualize(args):
 
 
 def argument_parser():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument(
-        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
-    )
-    parser.add_argument("--output", required=True, help="folder for the PNGs")
+    parser = image_tool_argument_parser(__doc__, "folder for the PNGs")
     parser.add_argument(
         "--queries",
         nargs="+",
@@ -173,20 +166,11 @@ def argument_parser():
         "--overview", action="store_true", help="also one tiled PNG per image (blocks x queries)"
     )
     parser.add_argument("--overview-width", type=int, default=320, help="panel width in overviews")
-    parser.add_argument(
-        "--opts",
-        default=[],
-        nargs=argparse.REMAINDER,
-        help="config KEY VALUE pairs; must come last",
-    )
     return parser
 
 
 def main(argv=None):
-    args = argument_parser().parse_args(argv)
-    setup_logger(name="nl_detectron")
-    setup_logger()
-    return visualize(args)
+    return visualize(parse_tool_args(argument_parser(), argv))
 
 
 if __name__ == "__main__":

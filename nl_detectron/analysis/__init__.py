@@ -15,7 +15,12 @@ from .attention_overlay import KEY_COLOR, QUERY_COLOR, draw_attention, tile_imag
 from .flop_handles import matmul_flop_count, nonlocal_flop_handles, sdpa_flop_count
 from .images import expand_image_paths
 from .stock import load_stock_weights, stock_config
-from .tool_config import load_tool_config
+from .tool_config import (
+    add_opts_argument,
+    image_tool_argument_parser,
+    load_tool_config,
+    parse_tool_args,
+)
 
 __all__ = [
     "CONTEXT_BLOCK_TYPES",
@@ -27,12 +32,15 @@ __all__ = [
     "attention_maps",
     "capture_inputs",
     "draw_attention",
+    "add_opts_argument",
     "expand_image_paths",
     "find_nonlocal_blocks",
+    "image_tool_argument_parser",
     "load_stock_weights",
     "load_tool_config",
     "matmul_flop_count",
     "nonlocal_flop_handles",
+    "parse_tool_args",
     "record_block_inputs",
     "sdpa_flop_count",
     "stock_config",

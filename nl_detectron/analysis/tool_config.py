@@ -1,15 +1,23 @@
-"""Config loading shared by the analysis tools (analyze_model, benchmark_model, demo, attention)."""
+"""Config loading and command lines shared by the analysis tools (analyze_model, benchmark_model,
+demo, visualize_attention)."""
 
+import argparse
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from detectron2.config import CfgNode, get_cfg
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_nonlocal_config
 
-__all__ = ["load_tool_config"]
+__all__ = [
+    "add_opts_argument",
+    "image_tool_argument_parser",
+    "load_tool_config",
+    "parse_tool_args",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,3 +39,41 @@ def load_tool_config(config_file: str, opts: Sequence[str], defaults: Sequence =
         logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE!r} but no GPU is available: using the CPU")
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def image_tool_argument_parser(description: str, output_help: str) -> argparse.ArgumentParser:
+    """A parser with ``--config-file``, ``--input`` (image files, folders or glob patterns) and
+    ``--output`` (a folder). The tool adds its own options; :func:`parse_tool_args` adds
+    ``--opts``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
+    )
+    parser.add_argument("--output", required=True, help=output_help)
+    return parser
+
+
+def add_opts_argument(parser: argparse.ArgumentParser) -> None:
+    """``--opts KEY VALUE ...``, the config overrides; it takes the rest of the command line, so it
+    must be the last option added and given."""
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config KEY VALUE pairs; must come last",
+    )
+
+
+def parse_tool_args(
+    parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None
+) -> argparse.Namespace:
+    """Add ``--opts``, parse ``argv`` (default: the command line) and set up the nl_detectron and
+    root loggers the way detectron2's tools do."""
+    add_opts_argument(parser)
+    args = parser.parse_args(argv)
+    setup_logger(name="nl_detectron")
+    setup_logger()
+    return args
