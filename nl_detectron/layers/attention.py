@@ -1,11 +1,30 @@
-"""Pairwise aggregations y_i = sum_j f(q_i, k_j) v_j that never build the N x M affinity.
+"""Pairwise aggregations y_i = sum_j f(q_i, k_j) v_j, each path of :mod:`.attention_policy`.
 
 All functions take flattened, position-major tensors: queries q [B, N, D], keys k [B, M, D], values
-v [B, M, E], and return y [B, N, E].
+v [B, M, E], and return y [B, N, E]. :func:`plan_aggregation` asks the policy which path a call
+takes; :func:`softmax_attention` and :func:`concatenation_sum` run it.
 """
+
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .attention_policy import (
+    CHUNKED,
+    CHUNKED_CONCAT,
+    FUSED,
+    KEPT,
+    SOFTMAX,
+    SORTED_CONCAT,
+    AggregationCall,
+    PathChoice,
+    budget_bytes,
+    choose_path,
+    compute_dtype,
+    is_tracing,
+    tf32_allowed,
+)
 
 
 def flatten_positions(t: torch.Tensor) -> torch.Tensor:
@@ -13,93 +32,190 @@ def flatten_positions(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(2).transpose(1, 2).contiguous()
 
 
-def _pad_last(t: torch.Tensor, width: int) -> torch.Tensor:
-    return t if t.shape[-1] == width else F.pad(t, (0, width - t.shape[-1]))
+def plan_aggregation(
+    kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget_mb: Optional[float]
+) -> PathChoice:
+    """The policy's path for aggregating q [B, N, D], k [B, M, D], v [B, M, E] of ``kind``.
 
-
-# An affinity P [B, N, M] up to this size may be built in place (and kept for the backward), see
-# :func:`softmax_attention`: 160 MiB covers res4 of an 800x1333 input at batch 2 (141 MB in fp32),
-# never res3 (2.3 GB). Larger maps always run the flash kernel.
-SAVED_AFFINITY_BYTES = 160 << 20
-
-
-def _fused_operands(q, k, v):
-    """[B, 1, n, W] contiguous copies of q, k, v, the narrower ones zero-padded to one width W.
-
-    The CPU flash kernel only runs for contiguous [B, heads, N, D] inputs whose value width equals
-    the query width; otherwise SDPA silently switches to the math kernel, which materialises N x M.
-    Zero columns change neither q_i . k_j nor the kept value columns.
+    The compute dtype is autocast's where it is on; ``budget_mb`` None is the device's default.
     """
-    width = max(q.shape[-1], v.shape[-1])
-    same_keys = k is q  # "gaussian" without sub-sampling: one copy serves both
-    q, v = (_pad_last(t, width).unsqueeze(1).contiguous() for t in (q, v))
-    k = q if same_keys else _pad_last(k, width).unsqueeze(1).contiguous()
-    return q, k, v
+    device = v.device
+    dtype = compute_dtype(device.type, v.dtype)
+    call = AggregationCall(
+        kind=kind,
+        device_type=device.type,
+        dtype=dtype,
+        batch=q.shape[0],
+        num_queries=q.shape[1],
+        num_keys=k.shape[1],
+        query_width=q.shape[-1],
+        value_width=v.shape[-1],
+        needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)),
+        budget_bytes=budget_bytes(budget_mb, device),
+        tf32=dtype == torch.float32 and tf32_allowed(device.type),
+        tracing=is_tracing(),
+    )
+    return choose_path(call)
+
+
+def _row_slices(num_rows: int, rows: int) -> List[slice]:
+    return [slice(start, start + rows) for start in range(0, num_rows, rows)]
+
+
+def _accumulate(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b, with acc kept in at least fp32 across chunks."""
+    if acc.dtype == a.dtype:
+        acc.baddbmm_(a, b)
+    else:
+        acc.add_(torch.bmm(a, b))
+
+
+def _accumulator(shape, like: torch.Tensor) -> torch.Tensor:
+    return like.new_zeros(shape, dtype=torch.promote_types(like.dtype, torch.float32))
 
 
 def _fused_attention(q, k, v, scale: float) -> torch.Tensor:
-    """SDPA on [B, N, D], [B, M, D], [B, M, E] arranged so that the flash kernel runs (forward
-    and backward); the result is [B, N, E]."""
-    y = F.scaled_dot_product_attention(*_fused_operands(q, k, v), scale=scale).squeeze(1)
+    """SDPA on [B, 1, n, W] contiguous copies, so that a fused kernel runs forward and backward.
+
+    The CPU flash kernel needs the value as wide as the query (else SDPA silently switches to the
+    math kernel, which materialises N x M): there the narrower tensors are zero-padded, which
+    changes neither q_i . k_j nor the kept value columns. CUDA calls are never padded (the policy
+    sends only equal widths there, or a trace).
+    """
+    width = max(q.shape[-1], v.shape[-1]) if q.device.type == "cpu" else None
+    same_keys = k is q  # "gaussian" without sub-sampling: one copy serves both
+
+    def operand(t):
+        if width is not None and t.shape[-1] != width:
+            t = F.pad(t, (0, width - t.shape[-1]))
+        return t.unsqueeze(1).contiguous()
+
+    q4, v4 = operand(q), operand(v)
+    k4 = q4 if same_keys else operand(k)
+    y = F.scaled_dot_product_attention(q4, k4, v4, scale=scale).squeeze(1)
     # A narrow copy lets the padded result be freed at once.
     return y if y.shape[-1] == v.shape[-1] else y[..., : v.shape[-1]].contiguous()
 
 
-class _SavedAffinityAttention(torch.autograd.Function):
-    """softmax(s Q K^T) V with P = softmax(s Q K^T) [B, N, M] built in place and kept.
+class _KeptAffinityAttention(torch.autograd.Function):
+    """softmax(s Q K^T) V with P = softmax(s Q K^T) [B, N, M] built once and kept.
 
-    For affinities small enough to keep, this is the explicit formula without its temporaries
-    (autograd would keep s Q K^T, P and allocate dP and dS separately) and without the flash
-    kernel's padding of a narrower value (under no_grad nothing is kept). Backward, with
-    delta_i = dO_i . O_i (= sum_j P_ij dP_ij): dV = P^T dO, dS = P * (dO V^T - delta),
-    dQ = s dS K, dK = s dS^T Q.
+    The scale is applied to Q (O(N D)) rather than to the logits (O(N M)); the softmax is one
+    fused pass. At most two N x M tensors are alive: logits and P in the forward, P and its
+    gradient in the backward. Backward, with delta_i = dO_i . O_i (= sum_j P_ij dP_ij):
+    dV = P^T dO, dS = P * (dO V^T - delta), dQ = s dS K, dK = dS^T (s Q).
     """
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
-        p = torch.matmul(q, k.transpose(1, 2)).mul_(scale)  # [B, N, M]
-        p = p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
-        p = p.div_(p.sum(dim=-1, keepdim=True))
-        out = torch.matmul(p, v)
+        q_scaled = q * scale
+        p = torch.softmax(torch.bmm(q_scaled, k.transpose(1, 2)), dim=-1)  # [B, N, M]
+        out = torch.bmm(p, v)
         ctx.scale = scale
-        ctx.save_for_backward(q, k, v, out, p)
+        ctx.save_for_backward(q_scaled, k, v, out, p)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, p = ctx.saved_tensors
-        grad_v = torch.matmul(p.transpose(1, 2), grad_out)
+        q_scaled, k, v, out, p = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_v = torch.bmm(p.transpose(1, 2), grad_out)
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, grad_v, None  # e.g. "gaussian" on an input that needs no gradient
         delta = (grad_out * out).sum(dim=-1, keepdim=True)  # [B, N, 1]
-        grad_s = torch.matmul(grad_out, v.transpose(1, 2)).sub_(delta).mul_(p)  # [B, N, M]
-        grad_q = torch.matmul(grad_s, k).mul_(ctx.scale)
-        grad_k = torch.matmul(grad_s.transpose(1, 2), q).mul_(ctx.scale)
+        grad_s = torch.bmm(grad_out, v.transpose(1, 2)).sub_(delta).mul_(p)  # [B, N, M]
+        del p
+        grad_q = torch.bmm(grad_s, k).mul_(ctx.scale)
+        grad_k = torch.bmm(grad_s.transpose(1, 2), q_scaled)
         return grad_q, grad_k, grad_v, None
 
 
-def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float):
+class _ChunkedSoftmaxAttention(torch.autograd.Function):
+    """softmax(s Q K^T) V in chunks of ``rows`` queries, never more than two [B, rows, M] alive.
+
+    The forward keeps only the log-sum-exp L_i = log sum_j exp(s q_i . k_j) ([B, N], at least
+    fp32); the
+    backward recomputes each chunk's P = exp(s Q K^T - L) and applies the formulas of
+    :class:`_KeptAffinityAttention` to it, summing dK and dV over chunks in at least fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale, rows):
+        q_scaled = q * scale
+        k_t = k.transpose(1, 2)
+        out = v.new_empty(q.shape[0], q.shape[1], v.shape[-1])
+        acc_dtype = torch.promote_types(q.dtype, torch.float32)
+        lse = q.new_empty(q.shape[:2], dtype=acc_dtype)
+        for s in _row_slices(q.shape[1], rows):
+            p = torch.bmm(q_scaled[:, s], k_t)  # logits [B, n, M]
+            top = p.amax(dim=-1, keepdim=True)
+            p = p.sub_(top).exp_()
+            total = p.sum(dim=-1, keepdim=True, dtype=acc_dtype)
+            out[:, s] = torch.bmm(p, v).div_(total.to(v.dtype))
+            lse[:, s] = (top.to(acc_dtype) + total.log()).squeeze(-1)
+            del p  # before the next chunk's logits are allocated
+        ctx.rows = rows
+        ctx.scale = scale
+        ctx.save_for_backward(q_scaled, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q_scaled, k, v, out, lse = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        need_qk = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        acc_dtype = lse.dtype
+        delta = (grad_out.to(acc_dtype) * out.to(acc_dtype)).sum(dim=-1, keepdim=True)  # [B,N,1]
+        k_t, v_t = k.transpose(1, 2), v.transpose(1, 2)
+        grad_v = _accumulator(v.shape, v)
+        grad_k = _accumulator(k.shape, k) if need_qk else None
+        grad_q = torch.empty_like(q_scaled) if need_qk else None
+        for s in _row_slices(q_scaled.shape[1], ctx.rows):
+            p = torch.bmm(q_scaled[:, s], k_t).sub_(lse[:, s, None]).exp_()  # [B, n, M]
+            _accumulate(grad_v, p.transpose(1, 2), grad_out[:, s])
+            if not need_qk:
+                continue
+            grad_s = torch.bmm(grad_out[:, s], v_t).sub_(delta[:, s]).mul_(p)  # [B, n, M]
+            del p
+            grad_q[:, s] = torch.bmm(grad_s, k).mul_(ctx.scale)
+            _accumulate(grad_k, grad_s.transpose(1, 2), q_scaled[:, s])
+            del grad_s  # before the next chunk's P is allocated
+        grad_v = grad_v.to(v.dtype)
+        if not need_qk:
+            return None, None, grad_v, None, None
+        return grad_q, grad_k.to(k.dtype), grad_v, None, None
+
+
+def softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    plan: Optional[PathChoice] = None,
+    budget_mb: Optional[float] = None,
+) -> torch.Tensor:
     """y_i = sum_j softmax_j(scale * q_i . k_j) v_j for q [B, N, D], k [B, M, D], v [B, M, E].
 
-    Maps whose affinity [B, N, M] exceeds SAVED_AFFINITY_BYTES run the fused (flash) SDPA kernel,
-    forward and backward, and never build N x M. Smaller ones build it in place
-    (:class:`_SavedAffinityAttention`) when training, or when the fused kernel would have to pad a
-    value narrower than the keys ("gaussian"); otherwise the fused kernel runs.
+    Runs ``plan`` (default: :func:`plan_aggregation` with ``budget_mb``): the fused SDPA kernel,
+    the kept affinity or the chunked recomputation. Pass ``k is q`` for identity embeddings.
     """
-    dtype = v.dtype  # under autocast the identity embeddings of "gaussian" stay fp32, v does not
+    if plan is None:
+        plan = plan_aggregation(SOFTMAX, q, k, v, budget_mb)
+    dtype = compute_dtype(v.device.type, v.dtype)
     same_keys = k is q
-    q = q.to(dtype)
+    q, v = q.to(dtype), v.to(dtype)
     k = q if same_keys else k.to(dtype)
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    affinity_bytes = q.shape[0] * q.shape[1] * k.shape[1] * q.element_size()
-    # Tracers and export record the plain SDPA call.
-    if (
-        affinity_bytes <= SAVED_AFFINITY_BYTES
-        and (needs_grad or q.shape[-1] > v.shape[-1])
-        and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-    ):
-        return _SavedAffinityAttention.apply(q, k, v, scale)
-    return _fused_attention(q, k, v, scale)
+    if plan.path == FUSED:
+        return _fused_attention(q, k, v, scale)
+    # The products below run in ``dtype`` as they are; autocast would promote the softmax to fp32.
+    with torch.autocast(v.device.type, enabled=False):
+        if plan.path == KEPT:
+            return _KeptAffinityAttention.apply(q, k, v, scale)
+        if plan.path == CHUNKED:
+            return _ChunkedSoftmaxAttention.apply(q, k, v, scale, plan.rows)
+    raise ValueError(
+        f"softmax_attention: path {plan.path!r} is not one of {(FUSED, KEPT, CHUNKED)}"
+    )
 
 
 def _suffix_sums(t: torch.Tensor) -> torch.Tensor:
@@ -129,3 +245,54 @@ def relu_pair_sum(a: torch.Tensor, b: torch.Tensor, v: torch.Tensor) -> torch.Te
     index = start.unsqueeze(-1).expand(-1, -1, v.shape[-1])
     y = a.unsqueeze(-1) * sum_v.gather(1, index) + sum_bv.gather(1, index)
     return y.to(out_dtype)
+
+
+class _ChunkedReluPairSum(torch.autograd.Function):
+    """y_i = sum_j ReLU(a_i + b_j) v_j as the broadcast R = ReLU(a 1^T + 1 b^T) in query chunks.
+
+    One [B, rows, M] chunk of R at a time in the forward; the backward recomputes it and holds
+    it with its gradient dZ = (dy v^T) * [R > 0]: da = dZ 1, db = dZ^T 1, dv = R^T dy.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, v, rows):
+        out = v.new_empty(a.shape[0], a.shape[1], v.shape[-1])
+        b_row = b.unsqueeze(1)
+        for s in _row_slices(a.shape[1], rows):
+            out[:, s] = torch.bmm(torch.add(a[:, s, None], b_row).relu_(), v)
+        ctx.rows = rows
+        ctx.save_for_backward(a, b, v)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a, b, v = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        b_row, v_t = b.unsqueeze(1), v.transpose(1, 2)
+        grad_a = torch.empty_like(a)
+        grad_b = _accumulator(b.shape, b)
+        grad_v = _accumulator(v.shape, v)
+        for s in _row_slices(a.shape[1], ctx.rows):
+            r = torch.add(a[:, s, None], b_row).relu_()  # [B, n, M]
+            _accumulate(grad_v, r.transpose(1, 2), grad_out[:, s])
+            grad_z = torch.bmm(grad_out[:, s], v_t).mul_(r.sign_())  # ReLU'(0) = 0
+            del r
+            grad_a[:, s] = grad_z.sum(dim=-1)
+            grad_b.add_(grad_z.sum(dim=1))
+            del grad_z
+        return grad_a, grad_b.to(b.dtype), grad_v.to(v.dtype), None
+
+
+def concatenation_sum(
+    a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, plan: PathChoice
+) -> torch.Tensor:
+    """y_i = sum_j ReLU(a_i + b_j) v_j by ``plan``: sorted key terms, or query chunks."""
+    if plan.path == CHUNKED_CONCAT:
+        dtype = compute_dtype(v.device.type, v.dtype)
+        with torch.autocast(v.device.type, enabled=False):
+            return _ChunkedReluPairSum.apply(a.to(dtype), b.to(dtype), v.to(dtype), plan.rows)
+    if plan.path == SORTED_CONCAT:
+        return relu_pair_sum(a, b, v)
+    raise ValueError(
+        f"concatenation_sum: path {plan.path!r} is not one of {(SORTED_CONCAT, CHUNKED_CONCAT)}"
+    )

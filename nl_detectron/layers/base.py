@@ -5,6 +5,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .attention_policy import PathChoice, check_budget_mb
+
 
 class NonLocalBase(nn.Module):
     """Base class of the blocks; maps [B, C, *spatial] to the same shape.
@@ -14,6 +16,11 @@ class NonLocalBase(nn.Module):
             running the fast path (for checks and benchmarks). Default False.
         chunk_size (int or None): with ``explicit``, how many query rows of the affinity are built
             at a time; None builds all N rows at once.
+        affinity_budget_mb (float or None): most MiB of N x M-shaped memory the fast path may hold
+            at once (see :mod:`nl_detectron.layers.attention_policy`); None is the device's
+            default. SNL, GC and the dot product meet any budget: their paths never build N x M.
+        last_path (PathChoice or None): the path the last fast forward took, for benchmarks and
+            checks (None before the first, and for blocks with a single path).
     """
 
     def __init__(self, in_channels: int, dim: int):
@@ -22,6 +29,16 @@ class NonLocalBase(nn.Module):
         self.dim = dim
         self.explicit = False
         self.chunk_size: Optional[int] = None
+        self._affinity_budget_mb: Optional[float] = None
+        self.last_path: Optional[PathChoice] = None
+
+    @property
+    def affinity_budget_mb(self) -> Optional[float]:
+        return self._affinity_budget_mb
+
+    @affinity_budget_mb.setter
+    def affinity_budget_mb(self, value) -> None:
+        self._affinity_budget_mb = check_budget_mb(type(self).__name__, value)
 
     def key_shape(self, spatial_shape: Sequence[int]) -> Tuple[int, ...]:
         """The grid of key positions (j) for an input of ``spatial_shape``."""

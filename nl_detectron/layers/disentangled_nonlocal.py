@@ -6,7 +6,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .attention import flatten_positions, softmax_attention
+from .attention import flatten_positions, plan_aggregation, softmax_attention
+from .attention_policy import SOFTMAX
 from .base import NonLocalBase
 from .dims import (
     check_dim,
@@ -32,8 +33,9 @@ class DisentangledNonLocalBlock(NonLocalBase):
 
     Submodules: ``theta``, ``phi``, ``g`` (embeddings of width C', ``phi`` and ``g`` pooled when
     ``sub_sample``), ``unary`` (x -> one channel at phi's positions, pooling included) and ``out``
-    (conv C' -> C with its norm). The pairwise term runs the fused attention kernel on the centred
-    embeddings; the unary term is the single weighted sum softmax(u) . g broadcast to every query.
+    (conv C' -> C with its norm). The pairwise term is a softmax aggregation of the centred
+    embeddings on the path :mod:`.attention_policy` names; the unary term is the single weighted
+    sum softmax(u) . g broadcast to every query.
 
     Args:
         in_channels (int): C.
@@ -117,7 +119,8 @@ class DisentangledNonLocalBlock(NonLocalBase):
     def _aggregate(self, theta, phi, g, unary) -> torch.Tensor:
         """y = A g [B, N, C'] without the N x M matrix A: the fused pairwise term plus the unary
         term sum_j softmax_j(u_j) g_j [B, 1, C'], the same for every query."""
-        y = softmax_attention(theta, phi, g, self.scale)
+        self.last_path = plan = plan_aggregation(SOFTMAX, theta, phi, g, self.affinity_budget_mb)
+        y = softmax_attention(theta, phi, g, self.scale, plan)
         return y + torch.matmul(unary.unsqueeze(1).to(g.dtype), g)
 
     def attention_weights(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import flatten_positions, relu_pair_sum, softmax_attention
+from .attention import (
+    concatenation_sum,
+    flatten_positions,
+    plan_aggregation,
+    softmax_attention,
+)
+from .attention_policy import CONCATENATION, SOFTMAX
 from .base import NonLocalBase
 from .dims import (
     check_dim,
@@ -43,9 +49,10 @@ class NonLocalBlock(NonLocalBase):
     identity and ``phi`` the identity or the pool), ``out`` (conv C' -> C and its norm) and, for
     "concatenation", ``concat_project``: Conv2d(2C', 1) + ReLU applied to a pair map [B, 2C', N, M].
 
-    The fast paths never build the N x M affinity: the softmax forms run the fused attention kernel,
-    dot product uses theta (phi^T g) / M, concatenation sorts w_f's key terms once (see
-    :func:`relu_pair_sum`). Set ``explicit = True`` to build the affinity instead.
+    Fast paths: dot product uses theta (phi^T g) / M; the softmax forms and concatenation take the
+    path :mod:`.attention_policy` names for the device, dtype and ``affinity_budget_mb`` (fused
+    attention kernel, kept affinity or chunked recomputation; sorted key terms or chunked
+    broadcast). Set ``explicit = True`` to build the affinity with autograd instead.
 
     Args:
         in_channels (int): C.
@@ -143,10 +150,12 @@ class NonLocalBlock(NonLocalBase):
         if self.instantiation == "dot_product":
             # [B, N, C'] @ ([B, C', M] @ [B, M, C']): O(N C'^2) instead of O(N M C').
             return torch.matmul(theta, torch.matmul(phi.transpose(1, 2), g)) / num_keys
-        if self.instantiation == "concatenation":
+        kind = CONCATENATION if self.instantiation == "concatenation" else SOFTMAX
+        self.last_path = plan = plan_aggregation(kind, theta, phi, g, self.affinity_budget_mb)
+        if kind == CONCATENATION:
             a, b = self._concat_terms(theta, phi)
-            return relu_pair_sum(a, b, g) / num_keys
-        return softmax_attention(theta, phi, g, self.scale)
+            return concatenation_sum(a, b, g, plan) / num_keys
+        return softmax_attention(theta, phi, g, self.scale, plan)
 
     def attention_weights(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """a_ij [B, Q, M] for the flat query positions ``queries`` [Q] and all M key positions."""

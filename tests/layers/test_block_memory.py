@@ -69,8 +69,8 @@ def test_softmax_blocks_use_the_fused_kernel(block):
     ids=["embedded_gaussian", "gaussian"],
 )
 def test_softmax_training_step_stays_small(block):
-    # Training on a map whose affinity is over SAVED_AFFINITY_BYTES: the flash kernel's forward
-    # and backward.
+    # Training on a map whose affinity is over the CPU's default budget: the flash kernel's
+    # forward and backward.
     x = torch.randn(1, 16, *SHAPE, requires_grad=True)
     names, peak = _profile(_forward_backward(block, x))
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
@@ -106,7 +106,7 @@ def test_the_probe_sees_an_explicit_affinity():
 
 
 def test_small_maps_choose_the_in_place_affinity_where_it_is_cheaper():
-    # Under SAVED_AFFINITY_BYTES: training always, and Gaussian's forward (whose value the fused
+    # Within the default budget: training always, and Gaussian's forward (whose value the fused
     # kernel would pad to the key width), build the affinity in place; the embedded-Gaussian
     # forward keeps the fused kernel.
     x = torch.randn(2, 16, 6, 7)

@@ -1,0 +1,184 @@
+"""Which computation path a pairwise aggregation y = A v takes: one decision, made here.
+
+The blocks describe a call (:class:`AggregationCall`: device, compute dtype, TF32, widths, sizes,
+whether a backward will run, the memory budget) and :func:`choose_path` names the path. It is a
+pure function of those facts, so every row of its table is tested without the hardware.
+
+Memory model. The budget bounds the N x M-shaped memory an aggregation holds at once, forward or
+backward, in bytes of the compute dtype. Paths that build the affinity hold two such tensors at
+their peak (the logits and the probabilities in the forward, the kept probabilities and their
+gradient in the backward), so a whole affinity of ``B * N * M * itemsize`` bytes needs twice that;
+chunked paths hold two ``[B, rows, M]`` chunks. Fused SDPA and the sorted concatenation hold
+nothing of that shape.
+
+Path table (softmax forms = embedded Gaussian, Gaussian, DNL's pairwise term):
+
+========================  =========================================================  ===========
+device                    condition (first that holds)                               path
+========================  =========================================================  ===========
+any                       traced or compiled (export records one SDPA call)         fused
+CPU                       affinity fits the budget, and training or v narrower      kept
+CPU                       otherwise (the CPU flash kernel, value zero-padded)        fused
+CUDA                      fp16/bf16, q, k, v of one width <= 256 (flash, cuDNN)      fused
+CUDA                      affinity fits the budget                                   kept
+CUDA                      fp32 without TF32, one width <= 256 (memory-efficient)     fused
+CUDA                      otherwise (TF32, wide heads, Gaussian's unequal widths)    chunked
+========================  =========================================================  ===========
+
+Concatenation: ``sorted`` (O(M log M + N C'), see ``relu_pair_sum``) on the CPU and when traced;
+on CUDA ``chunked_concat``, the broadcast ReLU(a_i + b_j) in query chunks that fit the budget (one
+chunk when the whole map does). Figures behind the choices: docs/attention_paths.md.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+KEPT = "kept"  # the affinity built in place and kept for the backward
+FUSED = "fused"  # torch's scaled_dot_product_attention kernels
+CHUNKED = "chunked"  # query chunks, log-sum-exp kept, affinity recomputed in the backward
+SORTED_CONCAT = "sorted"  # concatenation from sorted key terms and suffix sums
+CHUNKED_CONCAT = "chunked_concat"  # concatenation as a broadcast in query chunks
+
+SOFTMAX = "softmax"
+CONCATENATION = "concatenation"
+KINDS = (SOFTMAX, CONCATENATION)
+
+# Default budgets. On the CPU 320 MiB keeps res4's affinity of an 800x1333 input at batch 2
+# (141 MB, twice that at the peak); on CUDA a sixteenth of the card (H200: 8.8 GiB, 16 GB: 1 GiB).
+CPU_DEFAULT_BUDGET_MB = 320
+CUDA_DEFAULT_BUDGET_FRACTION = 1 / 16
+# Head widths the CUDA flash / cuDNN and memory-efficient kernels take without the math fallback.
+FUSED_MAX_WIDTH = 256
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class AggregationCall:
+    """The facts a path choice depends on; widths are D (query = key) and E (value)."""
+
+    kind: str
+    device_type: str
+    dtype: torch.dtype
+    batch: int
+    num_queries: int
+    num_keys: int
+    query_width: int
+    value_width: int
+    needs_grad: bool
+    budget_bytes: int
+    tf32: bool = False
+    tracing: bool = False
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one query row of the affinity over the batch: B * M * itemsize."""
+        return self.batch * self.num_keys * self.itemsize
+
+    @property
+    def affinity_bytes(self) -> int:
+        return self.num_queries * self.row_bytes
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    """``path`` and, for chunked paths, the query ``rows`` per chunk (else all N)."""
+
+    path: str
+    rows: int
+
+
+def budget_rows(call: AggregationCall) -> int:
+    """Query rows whose two [B, rows, M] buffers fit the budget (at least 1, at most N)."""
+    rows = call.budget_bytes // (2 * max(call.row_bytes, 1))
+    return int(min(max(rows, 1), max(call.num_queries, 1)))
+
+
+def _fits(call: AggregationCall) -> bool:
+    return 2 * call.affinity_bytes <= call.budget_bytes
+
+
+def choose_path(call: AggregationCall) -> PathChoice:
+    """The path for ``call`` by the table in this module's docstring."""
+    if call.kind not in KINDS:
+        raise ValueError(f"choose_path: kind={call.kind!r} is not one of {KINDS}")
+    whole = call.num_queries
+    cpu = call.device_type == "cpu"
+    if call.kind == CONCATENATION:
+        if cpu or call.tracing:
+            return PathChoice(SORTED_CONCAT, whole)
+        return PathChoice(CHUNKED_CONCAT, budget_rows(call))
+    if call.tracing:
+        return PathChoice(FUSED, whole)
+    if cpu:
+        narrow_value = call.value_width < call.query_width
+        if _fits(call) and (call.needs_grad or narrow_value):
+            return PathChoice(KEPT, whole)
+        return PathChoice(FUSED, whole)
+    one_width = call.query_width == call.value_width <= FUSED_MAX_WIDTH
+    on_cuda = call.device_type == "cuda"
+    if on_cuda and call.dtype in _HALF_DTYPES and one_width:
+        return PathChoice(FUSED, whole)
+    if _fits(call):
+        return PathChoice(KEPT, whole)
+    if on_cuda and call.dtype == torch.float32 and not call.tf32 and one_width:
+        return PathChoice(FUSED, whole)
+    return PathChoice(CHUNKED, budget_rows(call))
+
+
+def check_budget_mb(owner: str, budget_mb) -> Optional[float]:
+    """``budget_mb`` if it is None or a number > 0, else a ValueError naming it."""
+    if budget_mb is None:
+        return None
+    if (
+        isinstance(budget_mb, bool)
+        or not isinstance(budget_mb, (int, float))
+        or not math.isfinite(budget_mb)
+        or budget_mb <= 0
+    ):
+        raise ValueError(
+            f"{owner}: affinity_budget_mb={budget_mb!r} must be a number of MiB > 0, or None for "
+            "the device's default"
+        )
+    return float(budget_mb)
+
+
+def default_budget_mb(device: torch.device) -> float:
+    """The budget used when none is set: 1/16 of a CUDA device's memory, else 320 MiB."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return total * CUDA_DEFAULT_BUDGET_FRACTION / 2**20
+    return float(CPU_DEFAULT_BUDGET_MB)
+
+
+def budget_bytes(budget_mb: Optional[float], device: torch.device) -> int:
+    """``budget_mb`` (None: the device's default) in bytes."""
+    if budget_mb is None:
+        budget_mb = default_budget_mb(device)
+    return int(budget_mb * 2**20)
+
+
+def tf32_allowed(device_type: str) -> bool:
+    """Whether fp32 matmuls may run in TF32 on ``device_type`` (only CUDA has it)."""
+    if device_type != "cuda":
+        return False
+    return torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != (
+        "highest"
+    )
+
+
+def compute_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the products run in: autocast's for its device when enabled, else ``dtype``."""
+    if dtype.is_floating_point and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype
+
+
+def is_tracing() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()

@@ -1,0 +1,209 @@
+"""The path policy as a pure function: every row of its table, without the hardware.
+
+Shapes are the README's stages at batch 2: res4 = N 4200 (C 1024, C' 512), res3 = N 16800
+(C 512, C' 256); their fp32 affinities are 141 MB and 2.26 GB.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+from nl_detectron.layers.attention_policy import (
+    CHUNKED,
+    CHUNKED_CONCAT,
+    CONCATENATION,
+    CPU_DEFAULT_BUDGET_MB,
+    FUSED,
+    KEPT,
+    SOFTMAX,
+    SORTED_CONCAT,
+    AggregationCall,
+    PathChoice,
+    budget_bytes,
+    check_budget_mb,
+    choose_path,
+    compute_dtype,
+    default_budget_mb,
+)
+
+MiB = 2**20
+H200_DEFAULT = int(143771 * MiB / 16)  # a sixteenth of the H200's 140.4 GiB
+
+
+def call(stage="res4", variant="embedded", **changes):
+    n, d = {"res4": (4200, 512), "res3": (16800, 256)}[stage]
+    widths = {"embedded": (d, d), "gaussian": (2 * d, d), "wide": (512, 512)}[variant]
+    facts = {
+        "kind": SOFTMAX,
+        "device_type": "cuda",
+        "dtype": torch.float32,
+        "batch": 2,
+        "num_queries": n,
+        "num_keys": n,
+        "query_width": widths[0],
+        "value_width": widths[1],
+        "needs_grad": True,
+        "budget_bytes": H200_DEFAULT,
+    }
+    facts.update(changes)
+    return AggregationCall(**facts)
+
+
+def test_affinity_sizes_are_those_of_the_stages():
+    assert call("res4").affinity_bytes == 2 * 4200 * 4200 * 4  # 141 MB
+    assert call("res3", dtype=torch.bfloat16).affinity_bytes == 2 * 16800 * 16800 * 2
+
+
+# (description, call, expected path); one row per line of the module's table, and its edges.
+CPU_DEFAULT = int(CPU_DEFAULT_BUDGET_MB * MiB)
+ROWS = [
+    ("traced: one SDPA call", call("res3", tracing=True), FUSED),
+    ("traced on the CPU", call("res4", device_type="cpu", tracing=True), FUSED),
+    (
+        "CPU res4 training keeps its 141 MB affinity by default",
+        call("res4", device_type="cpu", budget_bytes=CPU_DEFAULT),
+        KEPT,
+    ),
+    (
+        "CPU res4 inference: the flash kernel, nothing kept",
+        call("res4", device_type="cpu", budget_bytes=CPU_DEFAULT, needs_grad=False),
+        FUSED,
+    ),
+    (
+        "CPU Gaussian inference keeps (the fused kernel would pad its value)",
+        call("res4", "gaussian", device_type="cpu", budget_bytes=CPU_DEFAULT, needs_grad=False),
+        KEPT,
+    ),
+    (
+        "CPU res4 with a budget below the affinity keeps none",
+        call("res4", device_type="cpu", budget_bytes=140 * MiB),
+        FUSED,
+    ),
+    (
+        "CPU res3 training: too large, flash",
+        call("res3", device_type="cpu", budget_bytes=CPU_DEFAULT),
+        FUSED,
+    ),
+    ("CUDA bf16 res3, head 256: flash", call("res3", dtype=torch.bfloat16), FUSED),
+    ("CUDA fp16 res3, head 256: flash", call("res3", dtype=torch.float16), FUSED),
+    (
+        "CUDA bf16 res3 flash even under a tiny budget",
+        call("res3", dtype=torch.bfloat16, budget_bytes=MiB),
+        FUSED,
+    ),
+    ("CUDA bf16 res4, head 512: kept", call("res4", dtype=torch.bfloat16), KEPT),
+    (
+        "CUDA bf16 Gaussian res3 (512 vs 256): kept",
+        call("res3", "gaussian", dtype=torch.bfloat16),
+        KEPT,
+    ),
+    ("CUDA fp32 res4: kept", call("res4"), KEPT),
+    ("CUDA TF32 res4: kept", call("res4", tf32=True), KEPT),
+    ("CUDA fp32 res3 under the H200 default: kept", call("res3"), KEPT),
+    ("CUDA fp32 Gaussian res3: kept", call("res3", "gaussian"), KEPT),
+    ("CUDA inference fp32 res3: kept", call("res3", needs_grad=False), KEPT),
+    (
+        "CUDA fp32 res3 under 1 GiB: memory-efficient SDPA",
+        call("res3", budget_bytes=1024 * MiB),
+        FUSED,
+    ),
+    (
+        "CUDA TF32 res3 under 1 GiB: chunked",
+        call("res3", tf32=True, budget_bytes=1024 * MiB),
+        CHUNKED,
+    ),
+    (
+        "CUDA fp32 Gaussian res3 under 1 GiB: chunked, never a padded value",
+        call("res3", "gaussian", budget_bytes=1024 * MiB),
+        CHUNKED,
+    ),
+    (
+        "CUDA bf16 res4 head 512 under 64 MiB: chunked",
+        call("res4", dtype=torch.bfloat16, budget_bytes=64 * MiB),
+        CHUNKED,
+    ),
+    (
+        "CUDA fp32 res4 head 512 under 64 MiB: no memory-efficient kernel, chunked",
+        call("res4", budget_bytes=64 * MiB),
+        CHUNKED,
+    ),
+    (
+        "another accelerator: no flash assumed, kept when it fits",
+        call("res3", dtype=torch.bfloat16, device_type="mps"),
+        KEPT,
+    ),
+    (
+        "another accelerator over budget: chunked",
+        call("res3", device_type="mps", budget_bytes=64 * MiB),
+        CHUNKED,
+    ),
+    (
+        "concatenation on the CPU: sorted",
+        call("res3", kind=CONCATENATION, device_type="cpu"),
+        SORTED_CONCAT,
+    ),
+    ("concatenation traced: sorted", call("res3", kind=CONCATENATION, tracing=True), SORTED_CONCAT),
+    ("concatenation on CUDA: chunked broadcast", call("res4", kind=CONCATENATION), CHUNKED_CONCAT),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_policy_table(row):
+    _, facts, expected = row
+    assert choose_path(facts).path == expected
+
+
+def test_kept_boundary_is_twice_the_affinity():
+    res4 = call("res4", device_type="cpu")
+    need = 2 * res4.affinity_bytes
+    assert choose_path(dataclasses.replace(res4, budget_bytes=need)).path == KEPT
+    assert choose_path(dataclasses.replace(res4, budget_bytes=need - 1)).path == FUSED
+
+
+@pytest.mark.parametrize(
+    "facts",
+    [
+        call("res3", tf32=True, budget_bytes=1024 * MiB),
+        call("res3", "gaussian", dtype=torch.bfloat16, budget_bytes=512 * MiB),
+        call("res4", kind=CONCATENATION, budget_bytes=100 * MiB),
+    ],
+    ids=["tf32", "gaussian-bf16", "concatenation"],
+)
+def test_chunks_hold_at_most_the_budget(facts):
+    choice = choose_path(facts)
+    assert 1 <= choice.rows < facts.num_queries
+    assert 2 * choice.rows * facts.row_bytes <= facts.budget_bytes
+    assert 2 * (choice.rows + 1) * facts.row_bytes > facts.budget_bytes  # and no fewer rows
+
+
+def test_one_chunk_when_the_whole_map_fits_and_one_row_at_least():
+    assert choose_path(call("res4", kind=CONCATENATION)) == PathChoice(CHUNKED_CONCAT, 4200)
+    tiny = call("res3", tf32=True, budget_bytes=1)
+    assert choose_path(tiny) == PathChoice(CHUNKED, 1)
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="kind='cosine'"):
+        choose_path(call(kind="cosine"))
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), "512", True])
+def test_bad_budgets_are_refused_by_name(bad):
+    with pytest.raises(ValueError, match=r"affinity_budget_mb=.* must be a number of MiB > 0"):
+        check_budget_mb("NonLocalBlock", bad)
+
+
+def test_budget_defaults():
+    assert check_budget_mb("x", None) is None and check_budget_mb("x", 512) == 512.0
+    cpu = torch.device("cpu")
+    assert default_budget_mb(cpu) == CPU_DEFAULT_BUDGET_MB
+    assert budget_bytes(None, cpu) == CPU_DEFAULT
+    assert budget_bytes(0.5, cpu) == MiB // 2
+
+
+def test_compute_dtype_follows_autocast():
+    assert compute_dtype("cpu", torch.float32) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert compute_dtype("cpu", torch.float32) == torch.bfloat16
+    assert compute_dtype("cpu", torch.int64) == torch.int64
