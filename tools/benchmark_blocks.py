@@ -18,23 +18,35 @@ forward (no grad) and forward+backward wall times, their ratio, and the peak ext
   the formula's two). Before timing, every fast core is checked against its explicit one on a
   small input.
 
-Peak extra memory: each measured call runs under ``torch.profiler`` with ``profile_memory=True``,
-which records every CPU allocation and free ("[memory]" events with signed sizes). Summing them in
-time order gives the bytes allocated during the call that are alive at each moment; the maximum is
-the peak extra memory (inputs and parameters, allocated before, are not counted; the gradients
-of parameters and of the core tables' inputs are). The profiler adds little time to these calls,
-which consist of few, large ops.
+Each row names the path the fast run took (``block.last_path``: fused / kept / chunked with its
+rows per chunk / sorted / chunked_concat; "associative" for dot product and SNL, "pooled" for GC),
+as chosen by nl_detectron.layers.attention_policy for the device, dtype and ``--budget-mb``.
 
-The script also measures this machine's fp32 matrix-multiplication rate (square 2048 GEMMs) and the
-rate the embedded-Gaussian core (the fused attention call, 4 B N M C' flops) reaches, as a fraction.
+Devices and dtypes (``--device``, ``--dtype``, several dtypes make one table each):
+- fp32: TF32 off on CUDA; tf32: fp32 tensors with TF32 matmuls allowed (CUDA only); bf16, fp16:
+  fp32 parameters and inputs under ``torch.autocast``, as in mixed-precision training.
+- CPU: wall time around the call (perf_counter); peak extra memory from ``torch.profiler`` with
+  ``profile_memory=True``, which records every allocation and free ("[memory]" events with signed
+  sizes); their running sum's maximum is the peak of bytes allocated during the call and alive.
+- CUDA: ``--warmup`` untimed calls first, then CUDA events around each call (synchronised), and
+  ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus the bytes allocated
+  before the call.
+Times are the best of ``--repeats``; memory the median. Inputs and parameters, allocated before,
+are not counted; the gradients of parameters and of the core tables' inputs are.
 
-Usage: python tools/benchmark_blocks.py [--stages res3 res4] [--tables block core]
-    [--variants "NL dot_product" ...] [--repeats 1] [--threads 2]
-Explicit res3 needs several GB (N x N = 16800^2 floats per sample); a full run takes many minutes.
-The 1/5/15-minute load average is printed before and after each table (the machine may be shared).
+On the CPU in fp32 the script also measures the machine's matrix-multiplication rate (square 2048
+GEMMs) and the rate the embedded-Gaussian core (4 B N M C' flops) reaches, as a fraction.
+
+Usage: python tools/benchmark_blocks.py [--device cpu|cuda] [--dtype fp32 tf32 bf16 fp16]
+    [--budget-mb MiB] [--stages res3 res4] [--tables block core] [--variants "NL dot_product" ...]
+    [--repeats 1] [--warmup 1] [--threads 2]
+Explicit res3 needs several GB (N x N = 16800^2 floats per sample); a full CPU run takes many
+minutes. The stage "tiny" (2 x 64 x 12 x 10) is a quick check of the script itself. The
+1/5/15-minute load average is printed before and after each table (the machine may be shared).
 """
 
 import argparse
+import contextlib
 import gc
 import os
 import statistics
@@ -56,7 +68,14 @@ from nl_detectron.layers import (
 from nl_detectron.layers.attention import softmax_attention
 
 # (batch, channels, height, width) of the res4 / res3 feature maps of an 800x1333 input.
-STAGES = {"res4": (2, 1024, 50, 84), "res3": (2, 512, 100, 168)}
+STAGES = {"res4": (2, 1024, 50, 84), "res3": (2, 512, 100, 168), "tiny": (2, 64, 12, 10)}
+# name -> (tensor dtype of the products, TF32 allowed); bf16 / fp16 run under autocast.
+DTYPES = {
+    "fp32": (torch.float32, False),
+    "tf32": (torch.float32, True),
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, False),
+}
 
 VARIANTS = {
     "NL gaussian": lambda c: NonLocalBlock(c, instantiation="gaussian", zero_init=False),
@@ -69,7 +88,7 @@ VARIANTS = {
 }
 
 
-def measure(fn):
+def measure_cpu(fn):
     """Run ``fn`` once under the memory profiler; return (seconds, peak extra bytes)."""
     gc.collect()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -86,6 +105,47 @@ def measure(fn):
         live += nbytes
         peak = max(peak, live)
     return seconds, peak
+
+
+def measure_cuda(fn):
+    """Run ``fn`` once between CUDA events; return (seconds, peak extra allocated bytes)."""
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3, torch.cuda.max_memory_allocated() - before
+
+
+@contextlib.contextmanager
+def precision(device, dtype_name):
+    """TF32 on or off (CUDA) and autocast for bf16 / fp16, restored afterwards."""
+    dtype, tf32 = DTYPES[dtype_name]
+    with contextlib.ExitStack() as stack:
+        if device.type == "cuda":
+            saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+            stack.callback(_restore_tf32, saved)
+        if dtype != torch.float32:
+            stack.enter_context(torch.autocast(device.type, dtype=dtype))
+        yield
+
+
+def _restore_tf32(saved):
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def path_name(owner):
+    """The fast path ``owner`` (a block) took in its last forward, for the table."""
+    choice = getattr(owner, "last_path", None)
+    if choice is not None:
+        chunked = choice.path.startswith("chunked")
+        return f"{choice.path} ({choice.rows} rows)" if chunked else choice.path
+    return "pooled" if isinstance(owner, ContextBlock) else "associative"
 
 
 def run_block(block, x, backward):
@@ -114,20 +174,22 @@ def run_core(core, inputs, backward):
     return fn
 
 
-def _leaf(*shape, relu=False):
-    t = torch.randn(*shape)
+def _leaf(*shape, relu=False, device="cpu"):
+    t = torch.randn(*shape, device=device)
     return (t.relu() if relu else t).requires_grad_(True)
 
 
 def nl_core(instantiation):
     """Core of ``NonLocalBlock``: (theta [B, N, D], phi [B, M, D], g [B, M, C']) -> y [B, N, C']."""
 
-    def make(batch, channels, positions):
-        block = NonLocalBlock(channels, instantiation=instantiation, zero_init=False)
+    def make(batch, channels, positions, device="cpu", budget_mb=None):
+        block = NonLocalBlock(channels, instantiation=instantiation, zero_init=False).to(device)
+        block.affinity_budget_mb = budget_mb
         width = block.inter_channels
         if instantiation == "gaussian":
             # Identity embeddings: theta = phi = x [B, N, C], one tensor as in the block.
-            x, g = _leaf(batch, positions, channels), _leaf(batch, positions, width)
+            x = _leaf(batch, positions, channels, device=device)
+            g = _leaf(batch, positions, width, device=device)
 
             def fast(x, g):
                 return block._aggregate(x, x, g)
@@ -135,9 +197,9 @@ def nl_core(instantiation):
             def explicit(x, g):
                 return _explicit_nl(block, x, x, g)
 
-            return (x, g), fast, explicit
-        inputs = tuple(_leaf(batch, positions, width) for _ in range(3))
-        return inputs, block._aggregate, partial(_explicit_nl, block)
+            return (x, g), fast, explicit, block
+        inputs = tuple(_leaf(batch, positions, width, device=device) for _ in range(3))
+        return inputs, block._aggregate, partial(_explicit_nl, block), block
 
     return make
 
@@ -156,26 +218,29 @@ def _explicit_nl(block, theta, phi, g):
     return torch.matmul(affinity, g)
 
 
-def dnl_core(batch, channels, positions):
+def dnl_core(batch, channels, positions, device="cpu", budget_mb=None):
     """Core of DNL: (centred theta, centred phi, g [B, N, C'], softmax(u) [B, M]) -> y."""
-    block = DisentangledNonLocalBlock(channels, zero_init=False)
+    block = DisentangledNonLocalBlock(channels, zero_init=False).to(device)
+    block.affinity_budget_mb = budget_mb
     width = block.inter_channels
-    inputs = tuple(_leaf(batch, positions, width) for _ in range(3))
-    unary = torch.softmax(torch.randn(batch, positions), dim=1).requires_grad_(True)
+    inputs = tuple(_leaf(batch, positions, width, device=device) for _ in range(3))
+    unary = torch.softmax(torch.randn(batch, positions, device=device), dim=1)
+    unary.requires_grad_(True)
 
     def explicit(theta, phi, g, unary):
         logits = torch.matmul(theta, phi.transpose(1, 2)) * block.scale  # [B, N, M]
         return torch.matmul(torch.softmax(logits, dim=-1) + unary.unsqueeze(1), g)
 
-    return (*inputs, unary), block._aggregate, explicit
+    return (*inputs, unary), block._aggregate, explicit, block
 
 
-def snl_core(batch, channels, positions):
+def snl_core(batch, channels, positions, device="cpu", budget_mb=None):
     """Core of SNL (order 2): (T, P >= 0, Z [B, N, C']) -> A Z, A = D^-1/2 M_hat D^-1/2."""
-    block = SpectralNonLocalBlock(channels, zero_init=False)
+    block = SpectralNonLocalBlock(channels, zero_init=False).to(device)
     width = block.inter_channels
-    inputs = (_leaf(batch, positions, width, relu=True), _leaf(batch, positions, width, relu=True))
-    inputs += (_leaf(batch, positions, width),)
+    inputs = tuple(
+        _leaf(batch, positions, width, relu=relu, device=device) for relu in (True, True, False)
+    )
 
     def fast(t, p, z):
         tp = torch.cat([t, p], dim=2)  # the block concatenates theta(x), phi(x) before the ReLU
@@ -187,10 +252,11 @@ def snl_core(batch, channels, positions):
         inv_sqrt = block._inv_sqrt(m.sum(dim=2, keepdim=True))  # [B, N, 1]
         return torch.matmul(inv_sqrt * m * inv_sqrt.transpose(1, 2), z)
 
-    return inputs, fast, explicit
+    return inputs, fast, explicit, block
 
 
-# name -> make(batch, channels, positions) -> (inputs, fast core, explicit core)
+# name -> make(batch, channels, positions, device, budget_mb)
+#   -> (inputs, fast core, explicit core, the block whose ``last_path`` the fast core sets)
 CORES = {
     "NL gaussian": nl_core("gaussian"),
     "NL embedded_gaussian": nl_core("embedded_gaussian"),
@@ -200,90 +266,126 @@ CORES = {
     "SNL (order 2)": snl_core,
 }
 
-HEADER = (
-    "| stage | variant | fwd fast s | fwd explicit s | fwd speed-up | fwd+bwd fast s "
-    "| fwd+bwd explicit s | fwd+bwd speed-up | peak MB fast (fwd / fwd+bwd) "
-    "| peak MB explicit (fwd / fwd+bwd) |"
-)
+
+class Settings:
+    """Device, dtype, budget and repetitions of one table."""
+
+    def __init__(self, device, dtype_name, budget_mb, repeats, warmup):
+        self.device = device
+        self.dtype_name = dtype_name
+        self.budget_mb = budget_mb
+        self.repeats = repeats
+        self.warmup = warmup
+        on_cuda = device.type == "cuda"
+        self.measure = measure_cuda if on_cuda else measure_cpu
+        self.unit, self.scale = ("ms", 1e3) if on_cuda else ("s", 1.0)
 
 
-def compare(stage, name, make_fn, repeats):
+def header(unit):
+    return (
+        f"| stage | dtype | variant | fast path | fwd fast {unit} | fwd explicit {unit} "
+        f"| fwd speed-up | fwd+bwd fast {unit} | fwd+bwd explicit {unit} | fwd+bwd speed-up "
+        "| peak MB fast (fwd / fwd+bwd) | peak MB explicit (fwd / fwd+bwd) |"
+    )
+
+
+def compare(stage, name, make_fn, owner, settings):
     """Print one table row; ``make_fn(explicit, backward)`` returns the call to measure."""
-    results = {}
+    results, path = {}, "-"
     for backward in (False, True):
         for explicit in (False, True):  # interleaved, so that load drifts hit both
             fn = make_fn(explicit, backward)
-            runs = [measure(fn) for _ in range(repeats)]
+            with precision(settings.device, settings.dtype_name):
+                for _ in range(settings.warmup):
+                    fn()
+                runs = [settings.measure(fn) for _ in range(settings.repeats)]
+            if backward and not explicit:
+                path = path_name(owner)
             results[backward, explicit] = (
-                min(r[0] for r in runs),
+                min(r[0] for r in runs) * settings.scale,
                 statistics.median(r[1] for r in runs) / 2**20,
             )
     fwd, fwd_x = results[False, False], results[False, True]
     both, both_x = results[True, False], results[True, True]
     print(
-        f"| {stage} | {name} | {fwd[0]:.2f} | {fwd_x[0]:.2f} | {fwd_x[0] / fwd[0]:.1f}x "
-        f"| {both[0]:.2f} | {both_x[0]:.2f} | {both_x[0] / both[0]:.1f}x "
-        f"| {fwd[1]:.0f} / {both[1]:.0f} | {fwd_x[1]:.0f} / {both_x[1]:.0f} |",
+        f"| {stage} | {settings.dtype_name} | {name} | {path} | {fwd[0]:.3g} | {fwd_x[0]:.3g} "
+        f"| {fwd_x[0] / fwd[0]:.2f}x | {both[0]:.3g} | {both_x[0]:.3g} "
+        f"| {both_x[0] / both[0]:.2f}x | {fwd[1]:.0f} / {both[1]:.0f} "
+        f"| {fwd_x[1]:.0f} / {both_x[1]:.0f} |",
         flush=True,
     )
 
 
-def print_table_header(title):
-    print(f"\n{title}; load average {_load()}")
-    print(HEADER)
-    print("|" + "---|" * (HEADER.count("|") - 1), flush=True)
+def print_table_header(title, settings):
+    budget = "device default" if settings.budget_mb is None else f"{settings.budget_mb:g} MiB"
+    print(
+        f"\n{title}; {settings.device.type} {settings.dtype_name}, affinity budget {budget}; "
+        f"load average {_load()}"
+    )
+    head = header(settings.unit)
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1), flush=True)
 
 
 def _load():
     return " / ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def block_table(stages, repeats, variants):
-    print_table_header("Whole blocks, fast path vs explicit = True")
+def block_table(stages, variants, settings):
+    print_table_header("Whole blocks, fast path vs explicit = True", settings)
+    device = settings.device
     for stage in stages:
         batch, channels, height, width = STAGES[stage]
-        x = torch.randn(batch, channels, height, width)
+        x = torch.randn(batch, channels, height, width, device=device)
         for name, make in VARIANTS.items():
             if name not in variants:
                 continue
-            block = make(channels).train()
+            block = make(channels).to(device).train()
+            block.affinity_budget_mb = settings.budget_mb
 
             def make_fn(explicit, backward, block=block, x=x):
                 block.explicit = explicit
                 return run_block(block, x, backward)
 
-            compare(stage, name, make_fn, repeats)
-        achieved, seconds = core_gflops(batch, channels, height * width, max(repeats, 1))
-        rate = matmul_gflops()  # re-measured next to the core: the machine's load drifts
-        print(
-            f"| {stage} | embedded-Gaussian core alone | {seconds:.2f} | | | | | | "
-            f"{achieved:.1f} GFLOP/s = {achieved / rate:.0%} of matmul ({rate:.1f}) | |",
-            flush=True,
-        )
+            compare(stage, name, make_fn, block, settings)
+            del block
+        if device.type == "cpu" and settings.dtype_name == "fp32":
+            repeats = max(settings.repeats, 1)
+            achieved, seconds = core_gflops(batch, channels, height * width, repeats)
+            rate = matmul_gflops()  # re-measured next to the core: the machine's load drifts
+            print(
+                f"| {stage} | fp32 | embedded-Gaussian core alone | | {seconds:.2f} | | | | | | "
+                f"{achieved:.1f} GFLOP/s = {achieved / rate:.0%} of matmul ({rate:.1f}) | |",
+                flush=True,
+            )
     print(f"load average after: {_load()}", flush=True)
 
 
-def core_table(stages, repeats, variants):
-    print_table_header("Pairwise cores only (embeddings -> y), library fast core vs explicit")
+def core_table(stages, variants, settings):
+    print_table_header(
+        "Pairwise cores only (embeddings -> y), library fast core vs explicit", settings
+    )
     for stage in stages:
         batch, channels, height, width = STAGES[stage]
         for name, make in CORES.items():
             if name not in variants:
                 continue
-            inputs, fast, explicit = make(batch, channels, height * width)
+            inputs, fast, explicit, owner = make(
+                batch, channels, height * width, settings.device, settings.budget_mb
+            )
 
             def make_fn(use_explicit, backward, inputs=inputs, fast=fast, explicit=explicit):
                 return run_core(explicit if use_explicit else fast, inputs, backward)
 
-            compare(stage, name, make_fn, repeats)
-            del inputs, fast, explicit
+            compare(stage, name, make_fn, owner, settings)
+            del inputs, fast, explicit, owner
     print(f"load average after: {_load()}", flush=True)
 
 
 def check_cores():
     """Every fast core equals its explicit one (outputs and input gradients) on a small input."""
     for name, make in CORES.items():
-        inputs, fast, explicit = make(2, 64, 30)
+        inputs, fast, explicit, _ = make(2, 64, 30)
         results = []
         for core in (fast, explicit):
             for t in inputs:
@@ -321,7 +423,7 @@ def core_gflops(batch, channels, positions, repeats):
     return 4 * batch * positions * positions * width / best / 1e9, best
 
 
-def main():
+def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=["res4", "res3"])
     parser.add_argument("--tables", nargs="+", choices=("block", "core"), default=["block", "core"])
@@ -333,24 +435,67 @@ def main():
         metavar="NAME",
         help=f"rows to measure (default all): {', '.join(map(repr, VARIANTS))}",
     )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=list(DTYPES),
+        default=["fp32"],
+        help="one table per dtype: fp32 (TF32 off), tf32 (CUDA), bf16 / fp16 (autocast)",
+    )
+    parser.add_argument(
+        "--budget-mb",
+        type=float,
+        default=None,
+        help="affinity_budget_mb of every block (default: the device's)",
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs per measurement (best kept)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed runs first (default: CUDA 2, CPU 0)"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+def check_arguments(args):
+    if args.repeats < 1:
+        raise ValueError(f"--repeats={args.repeats} must be >= 1")
+    if args.warmup is not None and args.warmup < 0:
+        raise ValueError(f"--warmup={args.warmup} must be >= 0")
+    if args.budget_mb is not None and not args.budget_mb > 0:
+        raise ValueError(f"--budget-mb={args.budget_mb} must be > 0 MiB (omit it for the default)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here (allowed: --device cpu)")
+    if args.device == "cpu" and "tf32" in args.dtype:
+        raise ValueError("--dtype tf32 needs --device cuda (TF32 is a CUDA matmul mode)")
+
+
+def main(argv=None):
+    args = argument_parser().parse_args(argv)
+    check_arguments(args)
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    warmup = args.warmup if args.warmup is not None else (2 if device.type == "cuda" else 0)
 
-    rate = matmul_gflops()
-    print(f"torch {torch.__version__}, {args.threads} threads, fp32 matmul: {rate:.1f} GFLOP/s")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__}, {where}, {args.threads} threads")
+    if device.type == "cpu":
+        print(f"fp32 matmul: {matmul_gflops():.1f} GFLOP/s")
     if "block" in args.tables:
         for make in VARIANTS.values():  # warm up every code path on a small map
-            block = make(64)
+            block = make(64).to(device)
             for explicit in (False, True):
                 block.explicit = explicit
-                run_block(block, torch.randn(2, 64, 6, 5), backward=True)()
-        block_table(args.stages, args.repeats, args.variants)
+                run_block(block, torch.randn(2, 64, 6, 5, device=device), backward=True)()
     if "core" in args.tables:
         check_cores()  # also warms up every core
-        core_table(args.stages, args.repeats, args.variants)
+    for dtype_name in args.dtype:
+        settings = Settings(device, dtype_name, args.budget_mb, args.repeats, warmup)
+        if "block" in args.tables:
+            block_table(args.stages, args.variants, settings)
+        if "core" in args.tables:
+            core_table(args.stages, args.variants, settings)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,20 @@ median milliseconds per training iteration (forward, backward, optimizer step) a
 batch, the ratio of the two models, and peak memory (GPU: peak allocated; CPU: growth of the
 process's peak resident memory over one step, each model in a fresh process).
 
+The timing never depends on training staying finite: the optimizer runs with learning rate 0
+(same work per step, weights unchanged, so a model from scratch cannot diverge), and a step
+whose loss is not finite skips the update (counted and printed). ``--amp bf16|fp16`` runs the
+forward passes under ``torch.autocast`` (fp16 training with a gradient scaler), as detectron2's
+``SOLVER.AMP`` does.
+
 Example:
 
     python tools/benchmark_model.py --config-file configs/mask_rcnn_nl_R50.yaml \\
-        --input-size 512 512 --batch-size 2 --iters 10 --opts MODEL.WEIGHTS ""
+        --input-size 512 512 --batch-size 2 --iters 10 --amp bf16 --opts MODEL.WEIGHTS ""
 """
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import json
@@ -47,6 +54,7 @@ from nl_detectron.analysis import (
 logger = logging.getLogger("nl_detectron.benchmark_model")
 
 MODELS = ("nl", "stock")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def setup(args):
@@ -93,30 +101,44 @@ def synchronize(device):
 
 
 class Runner:
-    """One model with its optimizer; times single training and inference steps."""
+    """One model with its optimizer; times single training and inference steps.
 
-    def __init__(self, model, cfg, batch):
+    The optimizer's learning rate is 0, so every step does the full work and leaves the weights
+    as they are; ``amp`` (a dtype or None) runs the forward passes under autocast.
+    """
+
+    def __init__(self, model, cfg, batch, amp=None):
         self.model = model
         self.device = next(model.parameters()).device
         self.optimizer = build_optimizer(cfg, model)
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.0
+        self.amp = amp
+        enabled = amp == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=enabled)
+        self.skipped_steps = 0
         self.batch = batch
         self.images = [{k: v for k, v in x.items() if k != "instances"} for x in batch]
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
 
     def train_step(self):
         self.model.train()
         synchronize(self.device)
         start = time.perf_counter()
-        with EventStorage():
+        with EventStorage(), self.autocast():
             losses = self.model(self.batch)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss {loss.item()}: a ResNet trained from scratch needs "
-                "MODEL.RESNETS.NORM GN (or pretrained weights in MODEL.WEIGHTS)"
-            )
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        if torch.isfinite(loss):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:  # the same work was done; only the update, which would spread NaNs, is skipped
+            self.skipped_steps += 1
         synchronize(self.device)
         return time.perf_counter() - start
 
@@ -124,7 +146,7 @@ class Runner:
         self.model.eval()
         synchronize(self.device)
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             self.model(self.images)
         synchronize(self.device)
         return time.perf_counter() - start
@@ -136,7 +158,8 @@ def build_runners(cfg, stock_cfg, args):
     model = build_model(cfg)
     load_stock_weights(model, stock, source=args.config_file)
     batch = synthetic_batch(cfg, args.batch_size, args.input_size)
-    return {"nl": Runner(model, cfg, batch), "stock": Runner(stock, stock_cfg, batch)}
+    amp = AMP_DTYPES.get(args.amp)
+    return {"nl": Runner(model, cfg, batch, amp), "stock": Runner(stock, stock_cfg, batch, amp)}
 
 
 def interleaved(runners, step, warmup, iters):
@@ -190,7 +213,7 @@ def cpu_peak_child(args):
     cfg, stock_cfg = setup(args)
     model_cfg = cfg if args.memory_child == "nl" else stock_cfg
     batch = synthetic_batch(cfg, args.batch_size, args.input_size)
-    runner = Runner(build_model(model_cfg), model_cfg, batch)
+    runner = Runner(build_model(model_cfg), model_cfg, batch, AMP_DTYPES.get(args.amp))
     peaks = {step: rss_growth(getattr(runner, step)) for step in ("inference_step", "train_step")}
     print("MEMORY " + json.dumps(peaks))
 
@@ -229,6 +252,8 @@ def benchmark(args, argv):
                 results[name]["memory"] = gpu_peaks(runners[name], device)
             else:
                 results[name]["memory"] = cpu_peaks(name, argv)
+    for name in MODELS:
+        results[name]["skipped_steps"] = runners[name].skipped_steps
     report(results, args, device)
     return results
 
@@ -261,10 +286,13 @@ def report(results, args, device):
         if device.type == "cuda"
         else (f"CPU, {torch.get_num_threads()} threads")
     )
+    precision = f"{args.amp} autocast" if args.amp else "fp32"
+    skipped = {name: results[name]["skipped_steps"] for name in MODELS}
     logger.info(
         f"{args.config_file} vs. its stock model; batch {args.batch_size} x "
         f"{args.input_size[0]}x{args.input_size[1]}, {args.iters} iterations after "
-        f"{args.warmup} warm-up, {where}:\n" + tabulate(rows, headers=headers, tablefmt="pipe")
+        f"{args.warmup} warm-up, {precision}, {where}; updates skipped on a non-finite loss: "
+        f"{skipped}:\n" + tabulate(rows, headers=headers, tablefmt="pipe")
     )
 
 
@@ -282,6 +310,12 @@ def argument_parser():
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per model first")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument(
+        "--amp",
+        choices=sorted(AMP_DTYPES),
+        default=None,
+        help="run the forward passes under torch.autocast with this dtype (default: fp32)",
+    )
     parser.add_argument("--memory-child", choices=MODELS, help=argparse.SUPPRESS)
     add_opts_argument(parser)
     return parser

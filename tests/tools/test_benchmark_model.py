@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 GN = ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN", "MODEL.BACKBONE.FREEZE_AT", "0"]
 
@@ -49,3 +50,50 @@ def test_bad_arguments(load_tool, nl_config):
     tool = load_tool("benchmark_model")
     with pytest.raises(ValueError, match="--iters=0"):
         tool.main(["--config-file", nl_config, "--iters", "0"])
+
+
+def test_amp_run_keeps_the_weights_and_counts_no_skips(load_tool, nl_config, opts_for):
+    tool = load_tool("benchmark_model")
+    results = tool.main(
+        ["--config-file", nl_config, "--input-size", "96", "128", "--batch-size", "1"]
+        + ["--iters", "1", "--warmup", "0", "--no-memory", "--tasks", "train"]
+        + ["--amp", "bf16", "--opts"]
+        + opts_for("")
+        + GN
+    )
+    assert results["nl"]["skipped_steps"] == results["stock"]["skipped_steps"] == 0
+    assert len(results["nl"]["train"]) == 1
+
+
+class _NaNLossModel(torch.nn.Module):
+    """A model whose training loss is NaN: the benchmark must time it, not crash or spread NaNs."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, batch):
+        if self.training:
+            return {"loss": self.weight.sum() * float("nan")}
+        return [{}]
+
+
+def test_train_step_survives_a_non_finite_loss(load_tool, tiny_cfg):
+    tool = load_tool("benchmark_model")
+    model = _NaNLossModel()
+    runner = tool.Runner(model, tiny_cfg, batch=[{"image": torch.zeros(3, 4, 4)}])
+    assert all(group["lr"] == 0.0 for group in runner.optimizer.param_groups)
+    for _ in range(2):
+        assert runner.train_step() > 0
+    assert runner.skipped_steps == 2
+    assert torch.equal(model.weight.detach(), torch.ones(3))
+
+
+def test_zero_learning_rate_leaves_finite_weights_unchanged(load_tool, tiny_cfg):
+    tool = load_tool("benchmark_model")
+    model = _NaNLossModel()
+    model.forward = lambda batch: {"loss": (model.weight**2).sum()}
+    runner = tool.Runner(model, tiny_cfg, batch=[])
+    runner.train_step()
+    assert runner.skipped_steps == 0
+    assert model.weight.grad is not None and torch.equal(model.weight.detach(), torch.ones(3))

@@ -1,0 +1,50 @@
+import pytest
+
+
+def _rows(output):
+    return [line.split(" | ") for line in output.splitlines() if line.startswith("| tiny |")]
+
+
+def test_tiny_tables_name_each_path(load_tool, capsys):
+    tool = load_tool("benchmark_blocks")
+    tool.main(["--stages", "tiny", "--dtype", "fp32", "bf16", "--threads", "1"])
+    rows = _rows(capsys.readouterr().out)
+    rate_rows = [r for r in rows if r[2] == "embedded-Gaussian core alone"]
+    assert len(rate_rows) == 1 and "GFLOP/s" in rate_rows[0][-2]  # CPU fp32 only
+    rows = [r for r in rows if r not in rate_rows]
+    # 7 block rows and 6 core rows per dtype
+    assert len(rows) == 2 * (7 + 6)
+    paths = {(r[1], r[2], r[3]) for r in rows}
+    # CPU training on a small map keeps the affinity; dot product and SNL stay associative
+    assert ("fp32", "NL embedded_gaussian", "kept") in paths
+    assert ("bf16", "DNL", "kept") in paths
+    assert ("fp32", "NL concatenation", "sorted") in paths
+    assert ("fp32", "NL dot_product", "associative") in paths
+    assert ("fp32", "GC", "pooled") in paths
+    for row in rows:
+        assert row[6].endswith("x") and float(row[6][:-1]) > 0
+
+
+def test_budget_option_reaches_the_blocks(load_tool, capsys):
+    tool = load_tool("benchmark_blocks")
+    args = ["--stages", "tiny", "--tables", "block", "--threads", "1", "--budget-mb", "0.01"]
+    tool.main(args + ["--variants", "NL gaussian", "DNL"])
+    output = capsys.readouterr().out
+    assert "affinity budget 0.01 MiB" in output
+    # 0.01 MiB cannot hold the 120-position affinity twice: the CPU flash kernel instead
+    variant_rows = [r for r in _rows(output) if r[2] in ("NL gaussian", "DNL")]
+    assert len(variant_rows) == 2 and {r[3] for r in variant_rows} == {"fused"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--repeats", "0"], "--repeats=0"),
+        (["--budget-mb", "-1"], "--budget-mb=-1.0"),
+        (["--dtype", "tf32"], "--dtype tf32 needs --device cuda"),
+    ],
+)
+def test_bad_arguments(load_tool, argv, message):
+    tool = load_tool("benchmark_blocks")
+    with pytest.raises(ValueError, match=message):
+        tool.main(["--stages", "tiny"] + argv)
