@@ -23,6 +23,22 @@ def read_readme():
         return f.read()
 
 
+def model_zoo_config_packages():
+    """The repository's configs/ mapped to ``nl_detectron.model_zoo.configs`` (one package per
+    folder), so that a built wheel carries them for ``nl_detectron.model_zoo``; configs/ stays the
+    only copy in the source tree."""
+    package_dir = {}
+    for folder, subfolders, _ in os.walk(os.path.join(HERE, "configs")):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+        relative = os.path.relpath(folder, HERE)
+        package = "nl_detectron.model_zoo." + relative.replace(os.sep, ".")
+        package_dir[package] = relative.replace(os.sep, "/")
+    return package_dir
+
+
+CONFIG_PACKAGES = model_zoo_config_packages()
+
+
 setup(
     name="nl_detectron",
     version=read_version(),
@@ -31,11 +47,15 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(exclude=("tests", "tests.*", "tools", "configs")),
+    packages=find_packages(exclude=("tests", "tests.*", "tools", "configs"))
+    + list(CONFIG_PACKAGES),
+    # LazyConfig .py files travel as modules of these packages, YAML files as their data.
+    package_dir=CONFIG_PACKAGES,
+    package_data={package: ["*.yaml"] for package in CONFIG_PACKAGES},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
-        "numpy>=1.23,<2",
+        "numpy>=1.23",
         "fvcore>=0.1.5,<0.1.6",
         "iopath>=0.1.7,<0.1.11",
         "pycocotools>=2.0.6",
@@ -45,10 +65,13 @@ setup(
     ],
     extras_require={
         "fast-eval": ["faster-coco-eval==1.8.0"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        # onnx + onnxruntime: tools/export_model.py --format onnx and its test.
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "onnx>=1.15", "onnxruntime>=1.17"],
         "dev": [
             "pytest>=7",
             "pytest-timeout>=2.1",
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
             "ruff==0.15.12",
             "faster-coco-eval==1.8.0",
         ],

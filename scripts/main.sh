@@ -12,7 +12,7 @@ bash scripts/ensure_env.sh
 OUT="${NL_MAIN_OUTPUT:-output/main_job}"
 echo "[main] training + evaluation on the built-in data; output in $OUT" >&2
 start=$SECONDS
-.venv/bin/python tools/train_net.py \
+"${NL_DETECTRON_VENV:-.venv}/bin/python" tools/train_net.py \
   --config-file configs/quick_schedules/mask_rcnn_nl_R18_kp_quick.yaml \
   "$@" OUTPUT_DIR "$OUT"
 echo "[main] done in $((SECONDS - start)) s; AP tables above, details in $OUT/log.txt" >&2

@@ -10,7 +10,7 @@ Without a GPU, ``--num-gpus N`` starts N CPU processes that train with GLOO.
 Examples:
     # CPU, built-in data, a few minutes:
     python tools/train_net.py --config-file configs/quick_schedules/mask_rcnn_nl_R18_kp_quick.yaml
-    # COCO (see README "Main job"), 8 GPUs:
+    # COCO (see README "Training on COCO"), 8 GPUs:
     python tools/train_net.py --config-file configs/mask_rcnn_nl_R50.yaml --num-gpus 8
 """
 

@@ -97,19 +97,28 @@ def _fused_attention(q, k, v, scale: float) -> torch.Tensor:
     return y if y.shape[-1] == v.shape[-1] else y[..., : v.shape[-1]].contiguous()
 
 
+def _softmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dim; in place on the CPU, a new tensor elsewhere (not yet verified
+    in place there)."""
+    if logits.device.type == "cpu":
+        return torch.ops.aten._softmax.out(logits, -1, False, out=logits)
+    return torch.softmax(logits, dim=-1)
+
+
 class _KeptAffinityAttention(torch.autograd.Function):
     """softmax(s Q K^T) V with P = softmax(s Q K^T) [B, N, M] built once and kept.
 
     The scale is applied to Q (O(N D)) rather than to the logits (O(N M)); the softmax is one
-    fused pass. At most two N x M tensors are alive: logits and P in the forward, P and its
-    gradient in the backward. Backward, with delta_i = dO_i . O_i (= sum_j P_ij dP_ij):
+    fused pass, on the CPU in place (its kernel reads each row before writing it). At most two
+    N x M tensors are alive: logits and P in the forward (one on the CPU), P and its gradient in
+    the backward. Backward, with delta_i = dO_i . O_i (= sum_j P_ij dP_ij):
     dV = P^T dO, dS = P * (dO V^T - delta), dQ = s dS K, dK = dS^T (s Q).
     """
 
     @staticmethod
     def forward(ctx, q, k, v, scale):
         q_scaled = q * scale
-        p = torch.softmax(torch.bmm(q_scaled, k.transpose(1, 2)), dim=-1)  # [B, N, M]
+        p = _softmax_rows(torch.bmm(q_scaled, k.transpose(1, 2)))  # [B, N, M]
         out = torch.bmm(p, v)
         ctx.scale = scale
         ctx.save_for_backward(q_scaled, k, v, out, p)

@@ -223,3 +223,12 @@ def test_cuda_bfloat16_head_256_takes_the_flash_path():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         block(x).float().sum().backward()
     assert block.last_path.path == FUSED
+
+
+def test_cpu_kept_forward_builds_its_affinity_in_place():
+    # One [1, 4096, 4096] fp32 affinity is 64 MiB; the softmax overwrites the logits.
+    n = 4096
+    q, k, v = (torch.randn(1, n, WIDTH) for _ in range(3))
+    with torch.no_grad():
+        _, peak = _profile(lambda: softmax_attention(q, k, v, 0.25, PathChoice(KEPT, n)))
+    assert 4 * n * n <= peak < 1.25 * 4 * n * n, f"peak {peak / 2**20:.0f} MiB"
