@@ -127,16 +127,28 @@ def precision(device, dtype_name):
     dtype, tf32 = DTYPES[dtype_name]
     with contextlib.ExitStack() as stack:
         if device.type == "cuda":
-            saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-            stack.callback(_restore_tf32, saved)
+            saved = _tf32_modes()
+            _set_tf32_modes(("tf32", "tf32") if tf32 else ("ieee", "ieee"))
+            stack.callback(_set_tf32_modes, saved)
         if dtype != torch.float32:
             stack.enter_context(torch.autocast(device.type, dtype=dtype))
         yield
 
 
-def _restore_tf32(saved):
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+def _tf32_modes():
+    """(matmul, cuDNN conv) fp32 modes: torch >= 2.9's precision strings, else the old flags."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):
+        return matmul.fp32_precision, conv.conv.fp32_precision
+    return matmul.allow_tf32, conv.allow_tf32
+
+
+def _set_tf32_modes(modes):
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision, conv.conv.fp32_precision = modes
+    else:
+        matmul.allow_tf32, conv.allow_tf32 = (mode in (True, "tf32") for mode in modes)
 
 
 def path_name(owner):

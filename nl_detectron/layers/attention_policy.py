@@ -168,9 +168,12 @@ def tf32_allowed(device_type: str) -> bool:
     """Whether fp32 matmuls may run in TF32 on ``device_type`` (only CUDA has it)."""
     if device_type != "cuda":
         return False
-    return torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != (
-        "highest"
-    )
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        # torch >= 2.9 reflects every way of setting it here ("tf32", "ieee", or "none" when
+        # unset); reading the legacy flags after the new API was used raises.
+        return matmul.fp32_precision == "tf32"
+    return matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
 
 
 def compute_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:

@@ -25,6 +25,7 @@ from nl_detectron.layers.attention_policy import (
     choose_path,
     compute_dtype,
     default_budget_mb,
+    tf32_allowed,
 )
 
 MiB = 2**20
@@ -207,3 +208,17 @@ def test_compute_dtype_follows_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert compute_dtype("cpu", torch.float32) == torch.bfloat16
     assert compute_dtype("cpu", torch.int64) == torch.int64
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+def test_tf32_is_read_from_the_precision_setting():
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    try:
+        assert not tf32_allowed("cpu")
+        matmul.fp32_precision = "tf32"
+        assert tf32_allowed("cuda") and not tf32_allowed("cpu")
+        matmul.fp32_precision = "ieee"
+        assert not tf32_allowed("cuda")
+    finally:
+        matmul.fp32_precision = saved
