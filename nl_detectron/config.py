@@ -14,6 +14,12 @@ def add_nonlocal_config(cfg):
         return
     _C = cfg
     _C.MODEL.NONLOCAL = CN()
+    # The registered backbone builder that MODEL.BACKBONE.NAME "build_nonlocal_backbone" calls; the
+    # blocks go into the detectron2 ResNet inside its backbone. Any builder of a ResNet-based
+    # backbone: "build_resnet_fpn_backbone", "build_resnet_backbone" (C4, DC5),
+    # "build_retinanet_resnet_fpn_backbone", ... A stock config switches on by moving its
+    # MODEL.BACKBONE.NAME here.
+    _C.MODEL.NONLOCAL.BACKBONE = "build_resnet_fpn_backbone"
     # Block type: "nl" (non-local, Wang et al. 2018), "dnl" (disentangled non-local, Yin et al.
     # 2020), "snl" (spectral non-local, Zhu et al. 2021) or "gc" (global context, Cao et al. 2019).
     _C.MODEL.NONLOCAL.TYPE = "nl"
@@ -41,6 +47,11 @@ def add_nonlocal_config(cfg):
     # Zero-initialise the block's last layer so that every block is the identity at init and a
     # pretrained network keeps its outputs.
     _C.MODEL.NONLOCAL.ZERO_INIT = True
+    # Most MiB of N x M affinity (whole or in query chunks, the backward's gradient included) one
+    # "nl" or "dnl" block may hold at once; it picks the block's computation path (see
+    # nl_detectron.layers.attention_policy). None: the device's default (CPU 320 MiB, which keeps
+    # res4's affinity at batch 2; CUDA 1/16 of the card's memory).
+    _C.MODEL.NONLOCAL.AFFINITY_BUDGET_MB = None
     # Softmax temperature of the disentangled pairwise term ("dnl").
     _C.MODEL.NONLOCAL.DNL_TEMPERATURE = 0.05
     # Number of terms of the spectral graph filter, >= 2 ("snl").

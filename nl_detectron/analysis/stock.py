@@ -4,8 +4,10 @@ from typing import Dict, List, Tuple
 
 from .attention import find_nonlocal_blocks
 
-__all__ = ["STOCK_COMPONENTS", "load_stock_weights", "stock_config"]
+__all__ = ["GENERIC_BACKBONE", "STOCK_COMPONENTS", "load_stock_weights", "stock_config"]
 
+# Builds the registered backbone named by MODEL.NONLOCAL.BACKBONE, with blocks.
+GENERIC_BACKBONE = "build_nonlocal_backbone"
 # (config key, component with context blocks) -> detectron2's own component it wraps
 STOCK_COMPONENTS: Dict[Tuple[str, str], str] = {
     ("MODEL.BACKBONE.NAME", "build_resnet_nl_fpn_backbone"): "build_resnet_fpn_backbone",
@@ -36,6 +38,10 @@ def stock_config(cfg, *, source: str = "the config"):
     stock = cfg.clone()
     stock.defrost()
     replaced = []
+    if stock.MODEL.BACKBONE.NAME == GENERIC_BACKBONE:
+        # the generic wrapper builds MODEL.NONLOCAL.BACKBONE and adds blocks: that is the stock one
+        stock.MODEL.BACKBONE.NAME = stock.MODEL.NONLOCAL.BACKBONE
+        replaced.append(f"MODEL.BACKBONE.NAME={GENERIC_BACKBONE!r}")
     for (key, name), stock_name in STOCK_COMPONENTS.items():
         if _get(stock, key) == name:
             *parents, leaf = key.split(".")
@@ -43,6 +49,7 @@ def stock_config(cfg, *, source: str = "the config"):
             replaced.append(f"{key}={name!r}")
     if not replaced:
         allowed = sorted({f"{key}={name!r}" for key, name in STOCK_COMPONENTS})
+        allowed.append(f"MODEL.BACKBONE.NAME={GENERIC_BACKBONE!r}")
         raise ValueError(
             f"{source} has no non-local component (MODEL.BACKBONE.NAME="
             f"{cfg.MODEL.BACKBONE.NAME!r}); expected one of: {', '.join(allowed)}"

@@ -1,13 +1,18 @@
 # Copyright (c) nl_detectron contributors. Licensed under the Apache License 2.0.
 """
-From ``cfg.MODEL.NONLOCAL`` to context blocks: checks of the node, placement and block construction.
+From block settings to context blocks: checks, placement and block construction.
 
-Every check raises a ValueError that names the config key, the bad value and what is allowed, before
-any weight is created where the config alone decides it.
+The settings are those of ``cfg.MODEL.NONLOCAL`` in Python form (:class:`NonLocalSettings`, one
+attribute per key, lower case), made either from a config or from keyword arguments (LazyConfig).
+Every check raises a ValueError that names the setting as its source spells it
+(``MODEL.NONLOCAL.TYPE`` or ``type``), the bad value and what is allowed, before any weight is
+created where the settings alone decide it.
 """
 
+import dataclasses
+import math
 import numbers
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from torch import nn
 
@@ -20,9 +25,9 @@ from nl_detectron.layers import (
 
 __all__ = [
     "BLOCK_TYPES",
+    "NonLocalSettings",
     "check_nonlocal_config",
     "build_nonlocal_block",
-    "resolve_stage_positions",
     "resolve_head_positions",
 ]
 
@@ -44,8 +49,237 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _fail(key: str, value, allowed: str):
-    raise ValueError(f"{_KEY}.{key}={value!r} is invalid; allowed: {allowed}.")
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_sequence(value) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+@dataclasses.dataclass
+class NonLocalSettings:
+    """
+    Where context blocks go in a ResNet and how they are built: ``MODEL.NONLOCAL`` in Python form.
+
+    Each field is the config key in lower case (``TYPE`` -> ``type``); see
+    :func:`nl_detectron.add_nonlocal_config` for their meaning and defaults. Creating an instance
+    checks every setting that does not depend on the model's shapes.
+
+    ``source`` says how messages spell a setting: ``"config"`` (``MODEL.NONLOCAL.TYPE``) or the
+    name of the function whose keyword arguments they are (``insert_nonlocal_blocks(): type``).
+    """
+
+    type: str
+    instantiation: str
+    stages: Sequence[str]
+    positions: Sequence[Sequence[int]]
+    reduction: int
+    sub_sample: bool
+    use_scale: bool
+    norm: str
+    zero_init: bool
+    affinity_budget_mb: Optional[float]
+    dnl_temperature: float
+    snl_order: int
+    gc_ratio: float
+    gc_pooling: str
+    gc_fusions: Sequence[str]
+    source: str = "config"
+
+    @classmethod
+    def from_config(cls, cfg) -> "NonLocalSettings":
+        """The settings of ``cfg.MODEL.NONLOCAL`` (all but the keypoint head's and BACKBONE)."""
+        if "NONLOCAL" not in cfg.MODEL:
+            raise ValueError(
+                f"The config has no {_KEY} node: call nl_detectron.add_nonlocal_config(cfg) before "
+                "merging a config file that uses the non-local backbones or heads."
+            )
+        node = cfg.MODEL.NONLOCAL
+        values = {
+            f.name: node[f.name.upper()] for f in dataclasses.fields(cls) if f.name != "source"
+        }
+        return cls(**values, source="config")
+
+    def key(self, name: str) -> str:
+        """How messages spell the setting ``name``: its config key or its argument name."""
+        return f"{_KEY}.{name.upper()}" if self.source == "config" else name
+
+    def error(self, message: str) -> ValueError:
+        """A ValueError about these settings; keyword arguments' messages name their function."""
+        return ValueError(message if self.source == "config" else f"{self.source}(): {message}")
+
+    def fail(self, name: str, value, allowed: str):
+        raise self.error(f"{self.key(name)}={value!r} is invalid; allowed: {allowed}.")
+
+    def __post_init__(self):
+        if self.type not in BLOCK_TYPES:
+            self.fail("type", self.type, ", ".join(repr(t) for t in BLOCK_TYPES))
+        if self.type == "nl" and self.instantiation not in INSTANTIATIONS:
+            self.fail("instantiation", self.instantiation, ", ".join(map(repr, INSTANTIATIONS)))
+        if self.norm not in NORMS:
+            self.fail("norm", self.norm, ", ".join(repr(n) for n in NORMS))
+        if self.norm == "FrozenBN" and self.zero_init:
+            raise self.error(
+                f"{self.key('norm')}='FrozenBN' with {self.key('zero_init')}=True cannot learn: "
+                "the frozen, zero-initialised scale keeps every block the identity forever. "
+                f"Allowed: {self.key('norm')} '', 'BN', 'SyncBN' or 'GN'; or "
+                f"{self.key('zero_init')}=False."
+            )
+        if not _is_int(self.reduction) or self.reduction < 1:
+            self.fail("reduction", self.reduction, "an integer >= 1 (inter = channels // it)")
+        if self.sub_sample and self.type in ("snl", "gc"):
+            self.fail("sub_sample", self.sub_sample, f"False for type {self.type!r} (only nl, dnl)")
+        budget = self.affinity_budget_mb
+        if budget is not None and not (_is_real(budget) and 0 < budget < math.inf):
+            self.fail("affinity_budget_mb", budget, "None (the device's default) or MiB > 0")
+        if not isinstance(self.dnl_temperature, numbers.Real) or not self.dnl_temperature > 0:
+            self.fail("dnl_temperature", self.dnl_temperature, "a number > 0")
+        if not _is_int(self.snl_order) or self.snl_order < 2:
+            self.fail("snl_order", self.snl_order, "an integer >= 2 (number of filter terms)")
+        if not isinstance(self.gc_ratio, numbers.Real) or not 0 < self.gc_ratio <= 1:
+            self.fail("gc_ratio", self.gc_ratio, "a number in (0, 1]")
+        if self.gc_pooling not in GC_POOLINGS:
+            self.fail("gc_pooling", self.gc_pooling, ", ".join(repr(p) for p in GC_POOLINGS))
+        fusions = list(self.gc_fusions) if _is_sequence(self.gc_fusions) else None
+        if not fusions or len(set(fusions)) != len(fusions) or not set(fusions) <= set(GC_FUSIONS):
+            self.fail("gc_fusions", self.gc_fusions, f"a non-empty subset of {list(GC_FUSIONS)}")
+        if self.type == "gc" and self.zero_init and "channel_mul" in fusions:
+            raise self.error(
+                f"{self.key('gc_fusions')}={fusions!r} with {self.key('zero_init')}=True: "
+                "x * sigmoid(.) cannot start as the identity. Allowed: "
+                f"{self.key('gc_fusions')}=['channel_add']; or {self.key('zero_init')}=False."
+            )
+        self._check_placement()
+
+    def _check_placement(self):
+        if not _is_sequence(self.stages) or not all(isinstance(s, str) for s in self.stages):
+            self.fail("stages", self.stages, "a list of stage names, e.g. ['res4']")
+        if not _is_sequence(self.positions) or len(self.stages) != len(self.positions):
+            raise self.error(
+                f"{self.key('positions')}={self.positions!r} must have one list per entry of "
+                f"{self.key('stages')}={self.stages!r} ({len(self.stages)} lists)."
+            )
+        if len(set(self.stages)) != len(self.stages):
+            self.fail(
+                "stages", self.stages, "each stage at most once (all its positions in one list)"
+            )
+        for positions in self.positions:
+            if not _is_sequence(positions):
+                self.fail("positions", self.positions, "a list of integer lists, e.g. [[-1]]")
+            if not positions or not all(_is_int(p) for p in positions):
+                self.fail("positions", self.positions, "non-empty lists of integers, e.g. [[-1]]")
+
+    def build_block(self, in_channels: int, *, where: str = "") -> nn.Module:
+        """
+        One context block of ``self.type``: [B, C, H, W] -> [B, C, H, W].
+
+        Args:
+            in_channels: C.
+            where: where the block goes, for error messages (e.g. "res4").
+        """
+        block = self._new_block(in_channels, where)
+        # A block attribute, not a constructor argument: it only picks a computation path.
+        block.affinity_budget_mb = self.affinity_budget_mb
+        return block
+
+    def _new_block(self, in_channels: int, where: str) -> nn.Module:
+        place = f" at {where}" if where else ""
+        if self.type == "gc":
+            if int(in_channels * self.gc_ratio) < 1:
+                self.fail(
+                    "gc_ratio",
+                    self.gc_ratio,
+                    f"at least 1/{in_channels} for the {in_channels}-channel block{place}",
+                )
+            return ContextBlock(
+                in_channels,
+                ratio=self.gc_ratio,
+                pooling=self.gc_pooling,
+                fusions=tuple(self.gc_fusions),
+                dim=2,
+                zero_init=self.zero_init,
+            )
+        # The GC transform has its own LayerNorm; the other blocks normalise their output with norm.
+        common = {"dim": 2, "norm": self.norm, "zero_init": self.zero_init}
+        inter_channels = in_channels // self.reduction
+        if inter_channels < 1:
+            self.fail(
+                "reduction",
+                self.reduction,
+                f"1..{in_channels} for the {in_channels}-channel block{place}",
+            )
+        if self.type == "nl":
+            return NonLocalBlock(
+                in_channels,
+                inter_channels=inter_channels,
+                instantiation=self.instantiation,
+                sub_sample=self.sub_sample,
+                use_scale=self.use_scale,
+                **common,
+            )
+        if self.type == "dnl":
+            return DisentangledNonLocalBlock(
+                in_channels,
+                inter_channels=inter_channels,
+                temperature=self.dnl_temperature,
+                use_scale=self.use_scale,
+                sub_sample=self.sub_sample,
+                **common,
+            )
+        return SpectralNonLocalBlock(
+            in_channels, inter_channels=inter_channels, order=self.snl_order, **common
+        )
+
+    def resolve_positions(
+        self, num_units: Dict[str, int], frozen: Sequence[str]
+    ) -> Dict[str, List[int]]:
+        """
+        Turn ``stages`` / ``positions`` into non-negative unit indices per stage.
+
+        Args:
+            num_units: stage name -> number of residual units, for the stages the ResNet has.
+            frozen: the stages without a trainable parameter; a block there could never learn.
+
+        Returns:
+            stage name -> sorted unit indices, in the order of ``stages``.
+        """
+        placement = {}
+        for stage, positions in zip(self.stages, self.positions):
+            if stage not in num_units:
+                self.fail(
+                    "stages",
+                    list(self.stages),
+                    f"stages this ResNet builds: {list(num_units)} (it stops at the last of its "
+                    "out_features, MODEL.RESNETS.OUT_FEATURES; in a C4 model res5 is the ROI "
+                    "head, not the backbone)",
+                )
+            if stage in frozen:
+                trainable = [s for s in num_units if s not in frozen]
+                raise self.error(
+                    f"{self.key('stages')} has {stage!r}, which the ResNet freezes (its "
+                    "freeze_at, MODEL.BACKBONE.FREEZE_AT, is at least "
+                    f"{stage[len('res') :]}); a frozen block never learns. Allowed: {trainable}, "
+                    "or a lower freeze_at."
+                )
+            n = num_units[stage]
+            resolved = []
+            for p in positions:
+                if not -n <= p < n:
+                    self.fail(
+                        "positions",
+                        list(self.positions),
+                        f"unit indices of {stage} (it has {n} units): {-n}..{n - 1}",
+                    )
+                resolved.append(p % n)
+            if len(set(resolved)) != len(resolved):
+                self.fail(
+                    "positions",
+                    list(self.positions),
+                    f"distinct units of {stage} (got {positions})",
+                )
+            placement[stage] = sorted(resolved)
+        return placement
 
 
 def check_nonlocal_config(cfg) -> None:
@@ -55,158 +289,12 @@ def check_nonlocal_config(cfg) -> None:
     Raises:
         ValueError: naming the key, the bad value and what is allowed.
     """
-    if "NONLOCAL" not in cfg.MODEL:
-        raise ValueError(
-            f"The config has no {_KEY} node: call nl_detectron.add_nonlocal_config(cfg) before "
-            "merging a config file that uses the non-local backbones or heads."
-        )
-    c = cfg.MODEL.NONLOCAL
-    if c.TYPE not in BLOCK_TYPES:
-        _fail("TYPE", c.TYPE, ", ".join(repr(t) for t in BLOCK_TYPES))
-    if c.TYPE == "nl" and c.INSTANTIATION not in INSTANTIATIONS:
-        _fail("INSTANTIATION", c.INSTANTIATION, ", ".join(repr(i) for i in INSTANTIATIONS))
-    if c.NORM not in NORMS:
-        _fail("NORM", c.NORM, ", ".join(repr(n) for n in NORMS))
-    if c.NORM == "FrozenBN" and c.ZERO_INIT:
-        raise ValueError(
-            f"{_KEY}.NORM='FrozenBN' with {_KEY}.ZERO_INIT=True cannot learn: the frozen, "
-            "zero-initialised scale keeps every block the identity forever. Allowed with "
-            "ZERO_INIT: NORM '', 'BN', 'SyncBN' or 'GN'."
-        )
-    if not _is_int(c.REDUCTION) or c.REDUCTION < 1:
-        _fail("REDUCTION", c.REDUCTION, "an integer >= 1 (inter channels = channels // REDUCTION)")
-    if c.SUB_SAMPLE and c.TYPE in ("snl", "gc"):
-        _fail("SUB_SAMPLE", c.SUB_SAMPLE, f"False for TYPE {c.TYPE!r} (only 'nl' and 'dnl' pool)")
-    if not isinstance(c.DNL_TEMPERATURE, numbers.Real) or not c.DNL_TEMPERATURE > 0:
-        _fail("DNL_TEMPERATURE", c.DNL_TEMPERATURE, "a number > 0")
-    if not _is_int(c.SNL_ORDER) or c.SNL_ORDER < 2:
-        _fail("SNL_ORDER", c.SNL_ORDER, "an integer >= 2 (number of filter terms)")
-    if not isinstance(c.GC_RATIO, numbers.Real) or not 0 < c.GC_RATIO <= 1:
-        _fail("GC_RATIO", c.GC_RATIO, "a number in (0, 1]")
-    if c.GC_POOLING not in GC_POOLINGS:
-        _fail("GC_POOLING", c.GC_POOLING, ", ".join(repr(p) for p in GC_POOLINGS))
-    fusions = list(c.GC_FUSIONS)
-    if not fusions or len(set(fusions)) != len(fusions) or not set(fusions) <= set(GC_FUSIONS):
-        _fail("GC_FUSIONS", c.GC_FUSIONS, f"a non-empty subset of {list(GC_FUSIONS)}")
-    if c.TYPE == "gc" and c.ZERO_INIT and "channel_mul" in fusions:
-        raise ValueError(
-            f"{_KEY}.GC_FUSIONS={fusions!r} with {_KEY}.ZERO_INIT=True: x * sigmoid(.) cannot "
-            "start as the identity. Allowed with ZERO_INIT: GC_FUSIONS ['channel_add']; or "
-            "ZERO_INIT False."
-        )
-    if len(c.STAGES) != len(c.POSITIONS):
-        raise ValueError(
-            f"{_KEY}.POSITIONS={c.POSITIONS!r} must have one list per entry of {_KEY}.STAGES="
-            f"{c.STAGES!r} ({len(c.STAGES)} lists, got {len(c.POSITIONS)})."
-        )
-    if len(set(c.STAGES)) != len(c.STAGES):
-        _fail("STAGES", c.STAGES, "each stage at most once (list all its positions in POSITIONS)")
-    for positions in c.POSITIONS:
-        if isinstance(positions, (str, bytes)) or not isinstance(positions, Sequence):
-            _fail("POSITIONS", c.POSITIONS, "a list of integer lists, e.g. [[-1]]")
-        if not positions or not all(_is_int(p) for p in positions):
-            _fail("POSITIONS", c.POSITIONS, "non-empty lists of integers, e.g. [[-1]]")
+    NonLocalSettings.from_config(cfg)
 
 
 def build_nonlocal_block(cfg, in_channels: int, *, where: str = "") -> nn.Module:
-    """
-    Build one context block of ``cfg.MODEL.NONLOCAL.TYPE``: [B, C, H, W] -> [B, C, H, W].
-
-    Args:
-        cfg: a config with the ``MODEL.NONLOCAL`` node (see :func:`add_nonlocal_config`).
-        in_channels: C.
-        where: where the block goes, for error messages (e.g. "res4").
-    """
-    c = cfg.MODEL.NONLOCAL
-    place = f" at {where}" if where else ""
-    if c.TYPE == "gc":
-        if int(in_channels * c.GC_RATIO) < 1:
-            _fail(
-                "GC_RATIO",
-                c.GC_RATIO,
-                f"at least 1/{in_channels} for the {in_channels}-channel block{place}",
-            )
-        return ContextBlock(
-            in_channels,
-            ratio=c.GC_RATIO,
-            pooling=c.GC_POOLING,
-            fusions=tuple(c.GC_FUSIONS),
-            dim=2,
-            zero_init=c.ZERO_INIT,
-        )
-    # The GC transform has its own LayerNorm; the other blocks normalise their output with NORM.
-    common = {"dim": 2, "norm": c.NORM, "zero_init": c.ZERO_INIT}
-    inter_channels = in_channels // c.REDUCTION
-    if inter_channels < 1:
-        _fail(
-            "REDUCTION",
-            c.REDUCTION,
-            f"1..{in_channels} for the {in_channels}-channel block{place}",
-        )
-    if c.TYPE == "nl":
-        return NonLocalBlock(
-            in_channels,
-            inter_channels=inter_channels,
-            instantiation=c.INSTANTIATION,
-            sub_sample=c.SUB_SAMPLE,
-            use_scale=c.USE_SCALE,
-            **common,
-        )
-    if c.TYPE == "dnl":
-        return DisentangledNonLocalBlock(
-            in_channels,
-            inter_channels=inter_channels,
-            temperature=c.DNL_TEMPERATURE,
-            use_scale=c.USE_SCALE,
-            sub_sample=c.SUB_SAMPLE,
-            **common,
-        )
-    return SpectralNonLocalBlock(
-        in_channels, inter_channels=inter_channels, order=c.SNL_ORDER, **common
-    )
-
-
-def resolve_stage_positions(cfg, num_units: Dict[str, int], freeze_at: int) -> Dict[str, List[int]]:
-    """
-    Turn ``MODEL.NONLOCAL.STAGES`` / ``POSITIONS`` into non-negative unit indices per stage.
-
-    Args:
-        num_units: stage name -> number of residual units, for the stages the backbone has.
-        freeze_at: ``MODEL.BACKBONE.FREEZE_AT``; a block in a frozen stage could never learn.
-
-    Returns:
-        stage name -> sorted unit indices, in the order of STAGES.
-    """
-    c = cfg.MODEL.NONLOCAL
-    placement = {}
-    for stage, positions in zip(c.STAGES, c.POSITIONS):
-        if stage not in num_units:
-            _fail(
-                "STAGES",
-                list(c.STAGES),
-                f"stages this backbone builds: {list(num_units)} (it stops at the last of "
-                "MODEL.RESNETS.OUT_FEATURES; in a C4 model res5 is the ROI head, not the backbone)",
-            )
-        if freeze_at >= int(stage[len("res") :]):
-            raise ValueError(
-                f"{_KEY}.STAGES has {stage!r}, which MODEL.BACKBONE.FREEZE_AT={freeze_at} freezes; "
-                f"a frozen block never learns. Allowed: stages above res{freeze_at}, or a lower "
-                "FREEZE_AT."
-            )
-        n = num_units[stage]
-        resolved = []
-        for p in positions:
-            if not -n <= p < n:
-                _fail(
-                    "POSITIONS",
-                    list(c.POSITIONS),
-                    f"unit indices of {stage} (it has {n} units): {-n}..{n - 1}",
-                )
-            resolved.append(p % n)
-        if len(set(resolved)) != len(resolved):
-            _fail("POSITIONS", list(c.POSITIONS), f"distinct units of {stage} (got {positions})")
-        placement[stage] = sorted(resolved)
-    return placement
+    """One context block of ``cfg.MODEL.NONLOCAL``: see :meth:`NonLocalSettings.build_block`."""
+    return NonLocalSettings.from_config(cfg).build_block(in_channels, where=where)
 
 
 def resolve_head_positions(cfg, num_convs: int) -> List[int]:
@@ -215,10 +303,8 @@ def resolve_head_positions(cfg, num_convs: int) -> List[int]:
     if not all(_is_int(p) and 1 <= p <= num_convs for p in positions) or len(set(positions)) != len(
         positions
     ):
-        _fail(
-            "KEYPOINT_HEAD_POSITIONS",
-            positions,
-            f"distinct conv indices 1..{num_convs} (MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS has "
-            f"{num_convs} convs)",
+        raise ValueError(
+            f"{_KEY}.KEYPOINT_HEAD_POSITIONS={positions!r} is invalid; allowed: distinct conv "
+            f"indices 1..{num_convs} (MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS has {num_convs} convs)."
         )
     return sorted(positions)

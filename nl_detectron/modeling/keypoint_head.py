@@ -1,5 +1,4 @@
 # Copyright (c) nl_detectron contributors. Licensed under the Apache License 2.0.
-import functools
 import logging
 from typing import Callable, List
 
@@ -8,7 +7,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_KEYPOINT_HEAD_REGISTRY, KRCNNConvDeconvUpsampleHead
 
-from .build import build_nonlocal_block, check_nonlocal_config, resolve_head_positions
+from .build import NonLocalSettings, resolve_head_positions
 from .splice import insert_before
 
 __all__ = ["NonLocalKRCNNConvDeconvUpsampleHead"]
@@ -59,10 +58,10 @@ class NonLocalKRCNNConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        check_nonlocal_config(cfg)
+        settings = NonLocalSettings.from_config(cfg)
         ret["context_positions"] = resolve_head_positions(cfg, len(ret["conv_dims"]))
-        ret["make_context_block"] = functools.partial(
-            build_nonlocal_block, cfg, where="the keypoint head"
+        ret["make_context_block"] = lambda channels: settings.build_block(
+            channels, where="the keypoint head"
         )
         logger.info(
             "Keypoint head: '%s' context block(s) after conv(s) %s",

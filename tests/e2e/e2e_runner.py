@@ -54,13 +54,24 @@ def run_train_net(
     timeout: int = 600,
 ) -> Run:
     """``python tools/train_net.py --config-file config *args OUTPUT_DIR out_dir *opts``."""
+    args = ("--config-file", config, *args, "OUTPUT_DIR", out_dir, *(opts or []))
+    return run_tool(datasets_root, TRAIN_NET, *args, threads=threads, timeout=timeout)
+
+
+def run_tool(
+    datasets_root: str,
+    script: str,
+    *args: str,
+    threads: Optional[int] = None,
+    timeout: int = 600,
+) -> Run:
+    """``python script *args`` from the repository root, with the built-in data under
+    ``datasets_root``."""
     env = dict(os.environ, DETECTRON2_DATASETS=datasets_root, PYTHONUNBUFFERED="1")
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, TRAIN_NET, "--config-file", config, *args]
-    cmd += ["OUTPUT_DIR", out_dir, *(opts or [])]
     proc = subprocess.run(
-        cmd,
+        [sys.executable, script, *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

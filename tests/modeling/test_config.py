@@ -45,7 +45,7 @@ def test_missing_node_is_explained(make_cfg):
         (["REDUCTION", 1.5], r"MODEL\.NONLOCAL\.REDUCTION=1\.5"),
         (["REDUCTION", 4096], r"MODEL\.NONLOCAL\.REDUCTION=4096.*1\.\.1024.*res4"),
         (["STAGES", ["res5"]], r"MODEL\.NONLOCAL\.STAGES=\['res5'\].*\['res2', 'res3', 'res4'\]"),
-        (["STAGES", ["res2"]], r"MODEL\.NONLOCAL\.STAGES has 'res2'.*FREEZE_AT=2"),
+        (["STAGES", ["res2"]], r"MODEL\.NONLOCAL\.STAGES has 'res2'.*FREEZE_AT, is at least 2"),
         (["POSITIONS", [[6]]], r"MODEL\.NONLOCAL\.POSITIONS=\[\[6\]\].*-6\.\.5"),
         (["POSITIONS", [[-7]]], r"MODEL\.NONLOCAL\.POSITIONS=\[\[-7\]\].*6 units"),
         (["POSITIONS", [[5, -1]]], r"MODEL\.NONLOCAL\.POSITIONS=.*distinct units of res4"),
@@ -56,6 +56,8 @@ def test_missing_node_is_explained(make_cfg):
         (["DNL_TEMPERATURE", 0.0], r"MODEL\.NONLOCAL\.DNL_TEMPERATURE=0\.0.*> 0"),
         (["GC_RATIO", 0.0], r"MODEL\.NONLOCAL\.GC_RATIO=0\.0.*\(0, 1\]"),
         (["TYPE", "gc", "GC_RATIO", 1e-4], r"MODEL\.NONLOCAL\.GC_RATIO=0\.0001.*1/1024"),
+        (["AFFINITY_BUDGET_MB", 0.0], r"MODEL\.NONLOCAL\.AFFINITY_BUDGET_MB=0\.0.*MiB > 0"),
+        (["AFFINITY_BUDGET_MB", "64"], r"MODEL\.NONLOCAL\.AFFINITY_BUDGET_MB='64'.*None"),
         (["GC_POOLING", "max"], r"MODEL\.NONLOCAL\.GC_POOLING='max'.*'attention', 'avg'"),
         (["GC_FUSIONS", ["channel_cat"]], r"MODEL\.NONLOCAL\.GC_FUSIONS=.*channel_add"),
         (
