@@ -105,6 +105,12 @@ def _softmax_rows(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
+def _logit_grad(p, grad_out, v_t, delta):
+    """dS = P * (dO V^T - delta) [B, n, M] for the rows P [B, n, M] of a softmax and their
+    output gradient dO [B, n, E], with V^T [B, E, M] and delta = rowsum(dO * O) [B, n, 1]."""
+    return torch.bmm(grad_out, v_t).sub_(delta).mul_(p)
+
+
 class _KeptAffinityAttention(torch.autograd.Function):
     """softmax(s Q K^T) V with P = softmax(s Q K^T) [B, N, M] built once and kept.
 
@@ -132,7 +138,7 @@ class _KeptAffinityAttention(torch.autograd.Function):
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return None, None, grad_v, None  # e.g. "gaussian" on an input that needs no gradient
         delta = (grad_out * out).sum(dim=-1, keepdim=True)  # [B, N, 1]
-        grad_s = torch.bmm(grad_out, v.transpose(1, 2)).sub_(delta).mul_(p)  # [B, N, M]
+        grad_s = _logit_grad(p, grad_out, v.transpose(1, 2), delta)
         del p
         grad_q = torch.bmm(grad_s, k).mul_(ctx.scale)
         grad_k = torch.bmm(grad_s.transpose(1, 2), q_scaled)
@@ -143,8 +149,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
     """softmax(s Q K^T) V in chunks of ``rows`` queries, never more than two [B, rows, M] alive.
 
     The forward keeps only the log-sum-exp L_i = log sum_j exp(s q_i . k_j) ([B, N], at least
-    fp32); the
-    backward recomputes each chunk's P = exp(s Q K^T - L) and applies the formulas of
+    fp32); the backward recomputes each chunk's P = exp(s Q K^T - L) and applies the formulas of
     :class:`_KeptAffinityAttention` to it, summing dK and dV over chunks in at least fp32.
     """
 
@@ -184,7 +189,7 @@ class _ChunkedSoftmaxAttention(torch.autograd.Function):
             _accumulate(grad_v, p.transpose(1, 2), grad_out[:, s])
             if not need_qk:
                 continue
-            grad_s = torch.bmm(grad_out[:, s], v_t).sub_(delta[:, s]).mul_(p)  # [B, n, M]
+            grad_s = _logit_grad(p, grad_out[:, s], v_t, delta[:, s])
             del p
             grad_q[:, s] = torch.bmm(grad_s, k).mul_(ctx.scale)
             _accumulate(grad_k, grad_s.transpose(1, 2), q_scaled[:, s])
