@@ -117,8 +117,8 @@ class DisentangledNonLocalBlock(NonLocalBase):
         return torch.softmax(logits, dim=-1) + unary.unsqueeze(1)
 
     def _aggregate(self, theta, phi, g, unary) -> torch.Tensor:
-        """y = A g [B, N, C'] without the N x M matrix A: the fused pairwise term plus the unary
-        term sum_j softmax_j(u_j) g_j [B, 1, C'], the same for every query."""
+        """y = A g [B, N, C']: the pairwise term on the policy's path plus the unary term
+        sum_j softmax_j(u_j) g_j [B, 1, C'], the same for every query."""
         self.last_path = plan = plan_aggregation(SOFTMAX, theta, phi, g, self.affinity_budget_mb)
         y = softmax_attention(theta, phi, g, self.scale, plan)
         return y + torch.matmul(unary.unsqueeze(1).to(g.dtype), g)
