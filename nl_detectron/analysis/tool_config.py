@@ -41,8 +41,11 @@ def load_tool_config(config_file: str, opts: Sequence[str], defaults: Sequence =
     return cfg
 
 
-def image_tool_argument_parser(description: str, output_help: str) -> argparse.ArgumentParser:
-    """A parser with ``--config-file``, ``--input`` (image files, folders or glob patterns) and
+def image_tool_argument_parser(
+    description: str, output_help: str, *, input_required: bool = True
+) -> argparse.ArgumentParser:
+    """A parser with ``--config-file``, ``--input`` (image files, folders or glob patterns;
+    optional with ``input_required=False``, for tools that can take images from elsewhere) and
     ``--output`` (a folder). The tool adds its own options; :func:`parse_tool_args` adds
     ``--opts``."""
     parser = argparse.ArgumentParser(
@@ -50,7 +53,7 @@ def image_tool_argument_parser(description: str, output_help: str) -> argparse.A
     )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument(
-        "--input", nargs="+", required=True, help="image files, folders or glob patterns"
+        "--input", nargs="+", required=input_required, help="image files, folders or glob patterns"
     )
     parser.add_argument("--output", required=True, help=output_help)
     return parser

@@ -2,6 +2,9 @@
 
 - ``nl_shapes_train`` / ``nl_shapes_val``: the generated dataset of :mod:`.shapes`, drawn on first
   load into ``<root>/nl_shapes_v<version>/``.
+- ``nl_context_train`` / ``nl_context_val``: the long-range dataset of :mod:`.context` (a target's
+  category is the shape of a distant partner), drawn on first load into
+  ``<root>/nl_context_v<version>/``.
 - ``coco_person_mini``: four real COCO val2017 photos with person boxes, masks and 17 keypoints,
   registered only when its folder exists (``<root>/coco_person_mini`` or the ``shared/data``
   folder beside the repository).
@@ -22,13 +25,19 @@ from detectron2.data.datasets.builtin_meta import (
     KEYPOINT_CONNECTION_RULES,
 )
 
-from . import shapes
+from . import context, shapes
 
 logger = logging.getLogger(__name__)
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHAPES_DATASETS = {"nl_shapes_train": "train", "nl_shapes_val": "val"}
+CONTEXT_DATASETS = {"nl_context_train": "train", "nl_context_val": "val"}
+# Datasets drawn on first load: name -> (generator module, split).
+GENERATED_DATASETS = {
+    **{name: (shapes, split) for name, split in SHAPES_DATASETS.items()},
+    **{name: (context, split) for name, split in CONTEXT_DATASETS.items()},
+}
 COCO_PERSON_MINI = "coco_person_mini"
 # The COCO person keypoint sigmas (from the COCO keypoint evaluation), for TEST.KEYPOINT_OKS_SIGMAS.
 COCO_PERSON_OKS_SIGMAS = (
@@ -72,21 +81,33 @@ def _unregister(name: str) -> None:
         MetadataCatalog.remove(name)
 
 
-def _load_shapes(root: str, split: str, name: str) -> List[dict]:
-    json_file, image_root = shapes.ensure_split(root, split)
-    return load_coco_json(json_file, image_root, name)
+def context_metadata() -> dict:
+    """Metadata of the nl_context splits (classes in category-id order, the partner shapes)."""
+    return {
+        "thing_classes": list(context.CATEGORY_NAMES),
+        "partner_shapes": list(context.PARTNER_SHAPES),
+    }
 
 
-def _register_shapes(name: str, split: str, root: str) -> None:
+def _load_generated(root: str, name: str) -> List[dict]:
+    module, split = GENERATED_DATASETS[name]
+    json_file, image_root = module.ensure_split(root, split)
+    # Keys a generator stores beside the COCO fields (nl_context: each target's partner).
+    extra = list(getattr(module, "EXTRA_ANNOTATION_KEYS", ()))
+    return load_coco_json(json_file, image_root, name, extra_annotation_keys=extra)
+
+
+def _register_generated(name: str, root: str) -> None:
     # register_coco_instances would read the json at load time without creating it first; this
     # registers the same loader and metadata behind a generate-if-missing step.
-    split_dir = shapes.split_dir(root, split)
-    DatasetCatalog.register(name, lambda: _load_shapes(root, split, name))
+    module, split = GENERATED_DATASETS[name]
+    split_dir = module.split_dir(root, split)
+    DatasetCatalog.register(name, lambda: _load_generated(root, name))
     MetadataCatalog.get(name).set(
         json_file=os.path.join(split_dir, "instances.json"),
         image_root=os.path.join(split_dir, "images"),
         evaluator_type="coco",
-        **shapes_metadata(),
+        **(shapes_metadata() if module is shapes else context_metadata()),
     )
 
 
@@ -109,9 +130,9 @@ def register_builtin_datasets(root: Optional[str] = None) -> List[str]:
     """
     root = os.path.abspath(root if root is not None else default_root())
     names = []
-    for name, split in SHAPES_DATASETS.items():
+    for name in GENERATED_DATASETS:
         _unregister(name)
-        _register_shapes(name, split, root)
+        _register_generated(name, root)
         names.append(name)
 
     _unregister(COCO_PERSON_MINI)
@@ -130,7 +151,7 @@ def prepare_datasets(names: Iterable[str]) -> None:
     Needed before building an evaluator without a data loader: it reads ``json_file`` at once.
     """
     for name in names:
-        if name in SHAPES_DATASETS:
+        if name in GENERATED_DATASETS:
             DatasetCatalog.get(name)
 
 
@@ -142,7 +163,7 @@ def missing_datasets(names: Iterable[str]) -> List[str]:
     """
     problems = []
     for name in names:
-        if name in SHAPES_DATASETS:
+        if name in GENERATED_DATASETS:
             continue
         if name not in DatasetCatalog.list():
             problems.append(f"{name}: not a registered dataset")

@@ -12,19 +12,15 @@ polygons are stored in it; keypoints are stored in COCO's pixel-index convention
 which ``load_coco_json`` shifts back by +0.5.
 """
 
-import json
-import logging
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from .generated import ensure_generated, resolve_spec, write_coco_split
 
 # Bumped whenever the drawing changes, so that a stale cache is never reused.
 GENERATOR_VERSION = 1
@@ -318,34 +314,11 @@ def _annotation(obj: dict, ann_id: int, image_id: int) -> dict:
 
 def generate_split(out_dir: str, spec: SplitSpec) -> dict:
     """Writes ``spec.num_images`` PNGs to ``out_dir/images`` and returns the COCO dict."""
-    rng = np.random.default_rng(spec.seed)
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    images, annotations = [], []
-    for image_id in range(1, spec.num_images + 1):
-        img, objects = draw_image(rng, spec.image_size)
-        file_name = f"{image_id:06d}.png"
-        cv2.imwrite(os.path.join(out_dir, "images", file_name), img)
-        images.append(
-            {
-                "id": image_id,
-                "file_name": file_name,
-                "width": spec.image_size,
-                "height": spec.image_size,
-            }
-        )
-        for obj in objects:
-            annotations.append(_annotation(obj, len(annotations) + 1, image_id))
-    return {
-        "info": {
-            "description": "nl_shapes: generated shapes and stick-figure persons",
-            "version": str(GENERATOR_VERSION),
-            "seed": spec.seed,
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": categories(),
+    info = {
+        "description": "nl_shapes: generated shapes and stick-figure persons",
+        "version": str(GENERATOR_VERSION),
     }
+    return write_coco_split(out_dir, spec, draw_image, _annotation, info, categories())
 
 
 def split_dir(root: str, split: str) -> str:
@@ -359,32 +332,9 @@ def ensure_split(root: str, split: str, spec: Optional[SplitSpec] = None) -> Tup
     Safe when several processes (e.g. DDP ranks) call it at once: each draws into a private
     temporary folder and the first to rename it into place wins.
     """
-    if spec is None:
-        if split not in SPLITS:
-            raise ValueError(
-                f"Unknown nl_shapes split {split!r}; expected one of {sorted(SPLITS)}."
-            )
-        spec = SPLITS[split]
-    final = split_dir(root, split)
-    json_file = os.path.join(final, "instances.json")
-    image_root = os.path.join(final, "images")
-    if os.path.isfile(json_file):
-        return json_file, image_root
-
-    parent = os.path.dirname(final)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{split}-", dir=parent)
-    try:
-        logger.info(f"Generating nl_shapes/{split} ({spec.num_images} images) in {final} ...")
-        coco = generate_split(tmp, spec)
-        with open(os.path.join(tmp, "instances.json"), "w") as f:
-            json.dump(coco, f)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            # Another process finished first; its copy is identical.
-            if not os.path.isfile(json_file):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return json_file, image_root
+    spec = resolve_spec("nl_shapes", split, spec, SPLITS)
+    return ensure_generated(
+        split_dir(root, split),
+        lambda folder: generate_split(folder, spec),
+        f"nl_shapes/{split} ({spec.num_images} images)",
+    )

@@ -11,7 +11,9 @@ from detectron2.data.detection_utils import create_keypoint_hflip_indices
 import nl_detectron  # noqa: F401  (registers on import)
 from nl_detectron.data import (
     COCO_PERSON_MINI,
+    CONTEXT_DATASETS,
     SHAPES_DATASETS,
+    context,
     find_coco_person_mini,
     missing_datasets,
     prepare_datasets,
@@ -130,3 +132,19 @@ def test_coco_person_mini_loads_with_coco_keypoint_metadata():
             assert (labelled[:, 1] > 0).all() and (labelled[:, 1] < record["height"]).all()
             assert obj["segmentation"]
     assert num_labelled > 100
+
+
+def test_nl_context_loads_with_partners(root):
+    register_builtin_datasets(root)  # earlier tests restore the default root
+    assert set(CONTEXT_DATASETS) <= set(DatasetCatalog.list())
+    dicts = DatasetCatalog.get("nl_context_val")
+    meta = MetadataCatalog.get("nl_context_val")
+    assert meta.json_file.startswith(root) and os.path.isfile(meta.json_file)
+    assert len(dicts) == context.SPLITS["val"].num_images
+    assert meta.thing_classes == list(context.CATEGORY_NAMES)
+    for obj in dicts[0]["annotations"]:
+        assert obj["category_id"] in (0, 1)
+        # the partner survives loading, for the attention statistic
+        assert obj["partner"]["shape"] in context.PARTNER_SHAPES
+        assert obj["partner"]["segmentation"]
+    assert missing_datasets(list(CONTEXT_DATASETS)) == []
