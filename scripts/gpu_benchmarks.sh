@@ -2,7 +2,9 @@
 # Measures, on a CUDA machine, what docs/attention_paths.md lists: every aggregation path against
 # float64 on the GPU, the whole blocks under the default budget and a 1 GiB budget (fp32, TF32,
 # bf16), and the NL Mask R-CNN models against stock (fp32 and bf16 autocast). About 10 minutes on
-# an H200. Needs a Python with torch (CUDA), detectron2 and nl_detectron importable.
+# an H200. Needs a Python with torch (CUDA), detectron2 and nl_detectron importable, plus pytest for
+# the first step and tabulate for the model benchmark (on a machine without a package registry, carry
+# their wheels too: `pip download --no-deps pytest pluggy iniconfig tabulate`, all py3-none-any).
 #
 # Usage: bash scripts/gpu_benchmarks.sh [OUTPUT_DIR]     (default output/gpu_benchmarks; PYTHON=...)
 set -euo pipefail
@@ -16,7 +18,11 @@ mkdir -p "$OUT"
 step() { echo "[gpu_benchmarks] $1" >&2; }
 
 step "paths against float64 on the GPU"
-"$PY" -m pytest tests/layers -m cuda -q -p no:cacheprovider | tee "$OUT/cuda_tests.txt"
+if "$PY" -c "import pytest" 2>/dev/null; then
+  "$PY" -m pytest tests/layers -m cuda -q -p no:cacheprovider | tee "$OUT/cuda_tests.txt"
+else
+  step "pytest is not importable: CUDA tests skipped (see the header for the wheels to carry)"
+fi
 
 step "whole blocks, default budget"
 "$PY" tools/benchmark_blocks.py --device cuda --dtype fp32 tf32 bf16 --tables block \
