@@ -74,7 +74,7 @@ class AggregationCall:
 
     @property
     def itemsize(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
     @property
     def row_bytes(self) -> int:
