@@ -47,10 +47,10 @@ def add_nonlocal_config(cfg):
     # Zero-initialise the block's last layer so that every block is the identity at init and a
     # pretrained network keeps its outputs.
     _C.MODEL.NONLOCAL.ZERO_INIT = True
-    # Most MiB of N x M affinity (whole or in query chunks, the backward's gradient included) one
-    # "nl" or "dnl" block may hold at once; it picks the block's computation path (see
-    # nl_detectron.layers.attention_policy). None: the device's default (CPU 320 MiB, which keeps
-    # res4's affinity at batch 2; CUDA 1/16 of the card's memory).
+    # Most MiB one "nl" or "dnl" block's pairwise aggregation may hold at its peak: its N x M
+    # affinity (whole or in query chunks) plus its per-position operands and gradients; it picks
+    # the block's computation path (see nl_detectron.layers.attention_policy). None: the device's
+    # default (CPU 512 MiB, which keeps res4's affinity at batch 2; CUDA 1/16 of the card's memory).
     _C.MODEL.NONLOCAL.AFFINITY_BUDGET_MB = None
     # Softmax temperature of the disentangled pairwise term ("dnl").
     _C.MODEL.NONLOCAL.DNL_TEMPERATURE = 0.05

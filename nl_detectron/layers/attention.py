@@ -5,6 +5,7 @@ v [B, M, E], and return y [B, N, E]. :func:`plan_aggregation` asks the policy wh
 takes; :func:`softmax_attention` and :func:`concatenation_sum` run it.
 """
 
+import warnings
 from typing import List, Optional
 
 import torch
@@ -23,6 +24,7 @@ from .attention_policy import (
     choose_path,
     compute_dtype,
     is_tracing,
+    peak_bytes,
     tf32_allowed,
 )
 
@@ -38,6 +40,8 @@ def plan_aggregation(
     """The policy's path for aggregating q [B, N, D], k [B, M, D], v [B, M, E] of ``kind``.
 
     The compute dtype is autocast's where it is on; ``budget_mb`` None is the device's default.
+    Warns when a set budget is below what even the chosen path needs (:func:`peak_bytes`); the
+    device's default is a guide, not a promise, and does not warn.
     """
     device = v.device
     dtype = compute_dtype(device.type, v.dtype)
@@ -55,7 +59,21 @@ def plan_aggregation(
         tf32=dtype == torch.float32 and tf32_allowed(device.type),
         tracing=is_tracing(),
     )
-    return choose_path(call)
+    choice = choose_path(call)
+    need = peak_bytes(call, choice)
+    if budget_mb is not None and need > call.budget_bytes:
+        rows = (
+            f" in chunks of {choice.rows} query rows" if choice.path.startswith("chunked") else ""
+        )
+        warnings.warn(
+            f"affinity_budget_mb={budget_mb:g} cannot be met by this aggregation (B {call.batch}, "
+            f"N {call.num_queries}, M {call.num_keys}, widths {call.query_width}/"
+            f"{call.value_width}, {call.dtype}): path {choice.path!r}{rows} holds about "
+            f"{need / 2**20:.3g} MiB at its peak, the least this policy can do; raise the budget "
+            "to at least that",
+            stacklevel=3,
+        )
+    return choice
 
 
 def _row_slices(num_rows: int, rows: int) -> List[slice]:

@@ -4,12 +4,16 @@ The blocks describe a call (:class:`AggregationCall`: device, compute dtype, TF3
 whether a backward will run, the memory budget) and :func:`choose_path` names the path. It is a
 pure function of those facts, so every row of its table is tested without the hardware.
 
-Memory model. The budget bounds the N x M-shaped memory an aggregation holds at once, forward or
-backward, in bytes of the compute dtype. Paths that build the affinity hold two such tensors at
-their peak (the logits and the probabilities in the forward, the kept probabilities and their
-gradient in the backward), so a whole affinity of ``B * N * M * itemsize`` bytes needs twice that;
-chunked paths hold two ``[B, rows, M]`` chunks. Fused SDPA and the sorted concatenation hold
-nothing of that shape.
+Memory model. The budget bounds what one aggregation holds at its peak, forward or backward: its
+per-position tensors (:func:`working_bytes`: the kept operands and output, the incoming gradient
+and the operand gradients) plus its N x M-shaped buffers. Paths that build the affinity hold two
+N x M tensors at their peak (the logits and the probabilities in the forward, the kept
+probabilities and their gradient in the backward); chunked paths hold two ``[B, rows, M]`` chunks,
+sized to what the budget leaves after the per-position tensors. Fused SDPA and the sorted
+concatenation hold nothing of that shape. The aggregation's backward is where the block's memory
+peaks, so the budget is close to the block's whole extra memory on those paths (measured in
+docs/attention_paths.md). A budget below what the chosen path needs at the least
+(:func:`peak_bytes` of its choice) cannot be met; :func:`plan_aggregation` then warns.
 
 Path table (softmax forms = embedded Gaussian, Gaussian, DNL's pairwise term):
 
@@ -23,6 +27,7 @@ CUDA                      fp16/bf16, q, k, v of one width <= 256 (flash, cuDNN) 
 CUDA                      affinity fits the budget                                   kept
 CUDA                      fp32 without TF32, one width <= 256 (memory-efficient)     fused
 CUDA                      otherwise (TF32, wide heads, Gaussian's unequal widths)    chunked
+                          (rows: two chunks fill what working_bytes leaves, >= 128)
 ========================  =========================================================  ===========
 
 Concatenation: ``sorted`` (O(M log M + N C'), see ``relu_pair_sum``) on the CPU and when traced;
@@ -46,13 +51,17 @@ SOFTMAX = "softmax"
 CONCATENATION = "concatenation"
 KINDS = (SOFTMAX, CONCATENATION)
 
-# Default budgets. On the CPU 320 MiB keeps res4's affinity of an 800x1333 input at batch 2
-# (141 MB, twice that at the peak); on CUDA a sixteenth of the card (H200: 8.8 GiB, 16 GB: 1 GiB).
-CPU_DEFAULT_BUDGET_MB = 320
+# Default budgets. On the CPU 512 MiB keeps res4's affinity of an 800x1333 input at batch 2 in
+# training (embedded Gaussian needs 433 MiB: two 134 MiB affinities and 164 MiB of operands and
+# gradients; Gaussian 499 MiB); on CUDA a sixteenth of the card (H200: 8.8 GiB, 16 GB: 1 GiB).
+CPU_DEFAULT_BUDGET_MB = 512
 CUDA_DEFAULT_BUDGET_FRACTION = 1 / 16
 # Head widths the CUDA flash / cuDNN and memory-efficient kernels take without the math fallback.
 FUSED_MAX_WIDTH = 256
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+# Fewest query rows per chunk: smaller chunks cost a kernel launch per few rows and buy little
+# memory next to the per-position tensors.
+MIN_CHUNK_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -94,14 +103,55 @@ class PathChoice:
     rows: int
 
 
+def working_bytes(call: AggregationCall) -> int:
+    """Per-position memory one aggregation holds at its peak, in bytes (nothing N x M-shaped).
+
+    Softmax forms keep Q (scaled) [N, D], K [M, D], V [M, E] and the output [N, E]; the
+    concatenation keeps the embeddings theta [N, D] and phi [M, D] (for its terms' gradient), V and
+    the output. A backward adds the incoming gradient and its contiguous copy (2 x [N, E]), the
+    softmax's dQ [N, D] and, summed over chunks in at least fp32, dK [M, D] and dV [M, E] (plus a
+    16-bit product per chunk to add in); for the softmax forms also a gradient of V [M, E] that
+    waits from elsewhere in the block (DNL's unary term sums V too). All times the batch.
+    """
+    n, m = call.num_queries, call.num_keys
+    d, e = call.query_width, call.value_width
+    item, acc = call.itemsize, max(call.itemsize, 4)
+    summed = m * e if call.kind == CONCATENATION else m * (d + e)
+    total = (n + m) * (d + e) * item
+    if call.needs_grad:
+        softmax = call.kind == SOFTMAX
+        total += (2 * n * e + (n * d + m * e if softmax else 0)) * item
+        total += summed * acc + (m * max(d, e) * item if acc != item else 0)
+    if call.kind == CONCATENATION:
+        total += 2 * (n + m) * acc  # the terms a, b and their gradients
+    return call.batch * total
+
+
+def _room(call: AggregationCall) -> int:
+    """Bytes the budget leaves for N x M-shaped buffers."""
+    return call.budget_bytes - working_bytes(call)
+
+
 def budget_rows(call: AggregationCall) -> int:
-    """Query rows whose two [B, rows, M] buffers fit the budget (at least 1, at most N)."""
-    rows = call.budget_bytes // (2 * max(call.row_bytes, 1))
-    return int(min(max(rows, 1), max(call.num_queries, 1)))
+    """Query rows whose two [B, rows, M] chunks fit what the budget leaves (all N when the whole
+    map does; at least MIN_CHUNK_ROWS, or N when smaller)."""
+    rows = max(_room(call), 0) // (2 * max(call.row_bytes, 1))
+    return int(min(max(rows, MIN_CHUNK_ROWS, 1), max(call.num_queries, 1)))
 
 
 def _fits(call: AggregationCall) -> bool:
-    return 2 * call.affinity_bytes <= call.budget_bytes
+    return 2 * call.affinity_bytes <= _room(call)
+
+
+def peak_bytes(call: AggregationCall, choice: "PathChoice") -> int:
+    """What ``call`` holds at its peak on ``choice``: working_bytes plus its N x M buffers."""
+    if choice.path == KEPT:
+        square = 2 * call.affinity_bytes
+    elif choice.path in (CHUNKED, CHUNKED_CONCAT):
+        square = 2 * choice.rows * call.row_bytes
+    else:
+        square = 0
+    return working_bytes(call) + square
 
 
 def choose_path(call: AggregationCall) -> PathChoice:

@@ -16,9 +16,10 @@ class NonLocalBase(nn.Module):
             running the fast path (for checks and benchmarks). Default False.
         chunk_size (int or None): with ``explicit``, how many query rows of the affinity are built
             at a time; None builds all N rows at once.
-        affinity_budget_mb (float or None): most MiB of N x M-shaped memory the fast path may hold
-            at once (see :mod:`nl_detectron.layers.attention_policy`); None is the device's
-            default. SNL, GC and the dot product meet any budget: their paths never build N x M.
+        affinity_budget_mb (float or None): most MiB the fast path's pairwise aggregation may hold
+            at its peak, N x M-shaped buffers and per-position operands and gradients together
+            (see :mod:`nl_detectron.layers.attention_policy`); None is the device's default.
+            SNL, GC and the dot product never build N x M and do not use it.
         last_path (PathChoice or None): the path the last fast forward took, for benchmarks and
             checks (None before the first, and for blocks with a single path).
     """

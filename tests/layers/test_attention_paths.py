@@ -4,6 +4,9 @@ The policy only picks the chunked paths on CUDA; here each path is called direct
 a block), so that all of them are checked on the CPU.
 """
 
+import dataclasses
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -178,15 +181,77 @@ def test_chunked_paths_hold_only_their_chunks():
 
 
 def test_budget_below_the_affinity_keeps_none():
-    # 6 x 7 = 42 positions at batch 2: a 13.8 KiB fp32 affinity; 0.02 MiB cannot hold it twice.
+    # 6 x 7 = 42 positions at batch 2: a 13.8 KiB fp32 affinity and 24 KiB of operands and
+    # gradients; 0.04 MiB holds the latter but not two affinities besides.
     x = torch.randn(2, 16, 6, 7, requires_grad=True)
     for cls in (NonLocalBlock, DisentangledNonLocalBlock):
         block = cls(16, norm="")
         block(x).sum().backward()
         assert block.last_path.path == KEPT
-        block.affinity_budget_mb = 0.02
-        block(x).sum().backward()
+        block.affinity_budget_mb = 0.04
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a budget the fused path meets: no warning
+            block(x).sum().backward()
         assert block.last_path.path == FUSED
+
+
+def _as_on_cuda_with_tf32(monkeypatch):
+    """Make the blocks take the CUDA policy's choices (TF32 on) while running on the CPU."""
+    on_cpu = attention.choose_path
+
+    def choose(call):
+        return on_cpu(dataclasses.replace(call, device_type="cuda", tf32=True))
+
+    monkeypatch.setattr(attention, "choose_path", choose)
+
+
+CHUNKED_BLOCKS = [
+    ("embedded_gaussian", lambda: NonLocalBlock(128, zero_init=False), CHUNKED),
+    ("gaussian", lambda: NonLocalBlock(128, instantiation="gaussian", zero_init=False), CHUNKED),
+    ("disentangled", lambda: DisentangledNonLocalBlock(128, zero_init=False), CHUNKED),
+    (
+        "concatenation",
+        lambda: NonLocalBlock(128, instantiation="concatenation", zero_init=False),
+        CHUNKED_CONCAT,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "make, path", [c[1:] for c in CHUNKED_BLOCKS], ids=[c[0] for c in CHUNKED_BLOCKS]
+)
+def test_whole_block_training_step_stays_within_the_budget(monkeypatch, make, path):
+    # 48 x 64 = 3072 positions at batch 2, C = 128: one fp32 affinity is 72 MiB; a 32 MiB budget
+    # leaves chunks of a few hundred rows after the 11-21 MiB of operands and gradients. The
+    # block's peak extra memory (convolutions, norm and input gradient included) must stay under
+    # the budget. (fp32 only: the CPU's bf16 matmuls allocate fp32 copies that CUDA's do not.)
+    _as_on_cuda_with_tf32(monkeypatch)
+    block = make().train()
+    block.affinity_budget_mb = 32
+    x = torch.randn(2, 128, 48, 64)
+
+    def step():
+        block(x.detach().requires_grad_(True)).sum().backward()
+
+    step()
+    assert block.last_path.path == path and 128 < block.last_path.rows < 48 * 64
+    _, peak = _profile(step)
+    assert peak <= 32 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_a_budget_that_cannot_be_met_warns_and_names_it(monkeypatch):
+    _as_on_cuda_with_tf32(monkeypatch)
+    block = NonLocalBlock(64, zero_init=False)
+    x = torch.randn(2, 64, 48, 64)
+    block.affinity_budget_mb = 0.5
+    with pytest.warns(
+        UserWarning, match=r"affinity_budget_mb=0.5 cannot be met .* 'chunked' in chunks of 128 "
+    ):
+        block(x)
+    block.affinity_budget_mb = None  # the device's default is not the user's request
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        block(x)
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, "1GB", False])

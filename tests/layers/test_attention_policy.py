@@ -16,6 +16,7 @@ from nl_detectron.layers.attention_policy import (
     CPU_DEFAULT_BUDGET_MB,
     FUSED,
     KEPT,
+    MIN_CHUNK_ROWS,
     SOFTMAX,
     SORTED_CONCAT,
     AggregationCall,
@@ -25,7 +26,9 @@ from nl_detectron.layers.attention_policy import (
     choose_path,
     compute_dtype,
     default_budget_mb,
+    peak_bytes,
     tf32_allowed,
+    working_bytes,
 )
 
 MiB = 2**20
@@ -56,6 +59,20 @@ def test_affinity_sizes_are_those_of_the_stages():
     assert call("res3", dtype=torch.bfloat16).affinity_bytes == 2 * 16800 * 16800 * 2
 
 
+def test_working_bytes_count_the_per_position_tensors():
+    # res3 fp32 embedded Gaussian, B 2, N = M = 16800, D = E = 256, one [B, N, 256] tensor 32.8 MiB:
+    # Q, K, V, out; dO twice, dQ, a waiting dV; dK, dV -> 10 of them.
+    one = 2 * 16800 * 256 * 4
+    assert working_bytes(call("res3")) == 10 * one
+    assert working_bytes(call("res3", needs_grad=False)) == 4 * one
+    # Concatenation: theta, phi, V, out; dO twice, dV; plus the scalar terms a, b and their grads.
+    concat = call("res3", kind=CONCATENATION)
+    assert working_bytes(concat) == 7 * one + 2 * 2 * 2 * 16800 * 4
+    # bf16: the fp32 sums of dK and dV and a bf16 product per chunk to add in.
+    half = 2 * 16800 * 256 * 2
+    assert working_bytes(call("res3", dtype=torch.bfloat16)) == 8 * half + 2 * (2 * half) + half
+
+
 # (description, call, expected path); one row per line of the module's table, and its edges.
 CPU_DEFAULT = int(CPU_DEFAULT_BUDGET_MB * MiB)
 ROWS = [
@@ -77,8 +94,18 @@ ROWS = [
         KEPT,
     ),
     (
+        "CPU res4 Gaussian training keeps by default too",
+        call("res4", "gaussian", device_type="cpu", budget_bytes=CPU_DEFAULT),
+        KEPT,
+    ),
+    (
         "CPU res4 with a budget below the affinity keeps none",
         call("res4", device_type="cpu", budget_bytes=140 * MiB),
+        FUSED,
+    ),
+    (
+        "CPU res4 with a budget of twice the affinity but not its operands keeps none",
+        call("res4", device_type="cpu", budget_bytes=2 * 2 * 4200 * 4200 * 4),
         FUSED,
     ),
     (
@@ -155,9 +182,11 @@ def test_policy_table(row):
     assert choose_path(facts).path == expected
 
 
-def test_kept_boundary_is_twice_the_affinity():
+def test_kept_boundary_is_twice_the_affinity_plus_the_working_memory():
     res4 = call("res4", device_type="cpu")
-    need = 2 * res4.affinity_bytes
+    need = 2 * res4.affinity_bytes + working_bytes(res4)
+    assert need == peak_bytes(res4, PathChoice(KEPT, 4200))
+    assert 433 * MiB < need < 434 * MiB < CPU_DEFAULT  # the CPU default keeps res4 at batch 2
     assert choose_path(dataclasses.replace(res4, budget_bytes=need)).path == KEPT
     assert choose_path(dataclasses.replace(res4, budget_bytes=need - 1)).path == FUSED
 
@@ -166,22 +195,32 @@ def test_kept_boundary_is_twice_the_affinity():
     "facts",
     [
         call("res3", tf32=True, budget_bytes=1024 * MiB),
+        call("res3", "gaussian", budget_bytes=1024 * MiB),
         call("res3", "gaussian", dtype=torch.bfloat16, budget_bytes=512 * MiB),
-        call("res4", kind=CONCATENATION, budget_bytes=100 * MiB),
+        call("res4", kind=CONCATENATION, budget_bytes=200 * MiB),
+        call("res3", kind=CONCATENATION, budget_bytes=1024 * MiB),
     ],
-    ids=["tf32", "gaussian-bf16", "concatenation"],
+    ids=["tf32", "gaussian-fp32", "gaussian-bf16", "concatenation-res4", "concatenation-res3"],
 )
-def test_chunks_hold_at_most_the_budget(facts):
+def test_chunks_fill_what_the_budget_leaves(facts):
     choice = choose_path(facts)
-    assert 1 <= choice.rows < facts.num_queries
-    assert 2 * choice.rows * facts.row_bytes <= facts.budget_bytes
-    assert 2 * (choice.rows + 1) * facts.row_bytes > facts.budget_bytes  # and no fewer rows
+    assert MIN_CHUNK_ROWS <= choice.rows < facts.num_queries
+    assert peak_bytes(facts, choice) <= facts.budget_bytes
+    bigger = PathChoice(choice.path, choice.rows + 1)
+    assert peak_bytes(facts, bigger) > facts.budget_bytes  # and no fewer rows than it allows
 
 
-def test_one_chunk_when_the_whole_map_fits_and_one_row_at_least():
+def test_one_chunk_when_the_whole_map_fits():
     assert choose_path(call("res4", kind=CONCATENATION)) == PathChoice(CHUNKED_CONCAT, 4200)
-    tiny = call("res3", tf32=True, budget_bytes=1)
-    assert choose_path(tiny) == PathChoice(CHUNKED, 1)
+
+
+def test_a_budget_below_the_working_memory_gets_the_smallest_chunks_and_shows_it():
+    tiny = call("res3", tf32=True, budget_bytes=MiB)
+    choice = choose_path(tiny)
+    assert choice == PathChoice(CHUNKED, MIN_CHUNK_ROWS)
+    assert peak_bytes(tiny, choice) > tiny.budget_bytes
+    few = call("res3", tf32=True, num_queries=50, budget_bytes=MiB)
+    assert choose_path(few) == PathChoice(CHUNKED, 50)  # never more rows than queries
 
 
 def test_unknown_kind_is_refused():
