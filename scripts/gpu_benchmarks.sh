@@ -4,7 +4,8 @@
 # bf16), and the NL Mask R-CNN models against stock (fp32 and bf16 autocast). About 10 minutes on
 # an H200. Needs a Python with torch (CUDA), detectron2 and nl_detectron importable, plus pytest for
 # the first step and tabulate for the model benchmark (on a machine without a package registry, carry
-# their wheels too: `pip download --no-deps pytest pluggy iniconfig tabulate`, all py3-none-any).
+# their wheels too: `pip download --no-deps pytest pluggy iniconfig packaging pygments tabulate`, all
+# py3-none-any, into the same folder).
 #
 # Usage: bash scripts/gpu_benchmarks.sh [OUTPUT_DIR]     (default output/gpu_benchmarks; PYTHON=...)
 set -euo pipefail
