@@ -130,13 +130,18 @@ def _forced_cases():
             yield pytest.param(case, path, id=f"{case[0]}-{path}")
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case, path", list(_forced_cases()))
-def test_blocks_on_every_path_match_reference(monkeypatch, case, path):
+def test_blocks_on_every_path_match_reference(monkeypatch, case, path, device):
     # The policy stubbed to one path, as it would choose on another device: 35 queries, 4 a chunk.
     monkeypatch.setattr(attention, "choose_path", lambda call: PathChoice(path, 4))
     _, cls, kwargs = case
-    block = make_block(cls, kwargs, dim=2)
-    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    block = make_block(cls, kwargs, dim=2).to(device)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64, device=device)
     out, grads = _outputs_and_grads(block, x, block)
     assert block.last_path == PathChoice(path, 4)
     ref_out, ref_grads = _outputs_and_grads(block, x, lambda t: reference(block, t)[0])
@@ -144,12 +149,14 @@ def test_blocks_on_every_path_match_reference(monkeypatch, case, path):
     _assert_grads_close(grads, ref_grads)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("path", [KEPT, CHUNKED])
-def test_bfloat16_autocast_paths_stay_in_bfloat16_and_close(monkeypatch, path):
+def test_bfloat16_autocast_paths_stay_in_bfloat16_and_close(monkeypatch, path, device):
     monkeypatch.setattr(attention, "choose_path", lambda call: PathChoice(path, 16))
     block = make_block(NonLocalBlock, {}, dim=2, channels=32, std=0.1, dtype=torch.float32)
-    x = torch.randn(2, 32, 6, 9)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    block = block.to(device)
+    x = torch.randn(2, 32, 6, 9, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
         theta = attention.flatten_positions(block.theta(x))
         phi = attention.flatten_positions(block.phi(x))
         g = attention.flatten_positions(block.g(x))
@@ -262,17 +269,12 @@ def test_block_budget_is_validated(bad):
     assert block.affinity_budget_mb is None
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
 @needs_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("budget_mb", [None, 1.0], ids=["default-budget", "1-MiB"])
 @pytest.mark.parametrize("case", BLOCK_CASES, ids=[c[0] for c in BLOCK_CASES])
-def test_cuda_default_paths_match_the_float64_reference(case, budget_mb):
+def test_cuda_default_paths_match_the_float64_reference(case):
     _, cls, kwargs = case
     block = make_block(cls, kwargs, dim=2).cuda()
-    block.affinity_budget_mb = budget_mb
     x = torch.randn(2, 8, 9, 11, dtype=torch.float64)
     out, grads = _outputs_and_grads(block, x.cuda(), block)
     ref_out, ref_grads = _outputs_and_grads(block, x.cuda(), lambda t: reference(block, t)[0])
@@ -288,6 +290,37 @@ def test_cuda_bfloat16_head_256_takes_the_flash_path():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         block(x).float().sum().backward()
     assert block.last_path.path == FUSED
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "make, path", [c[1:] for c in CHUNKED_BLOCKS], ids=[c[0] for c in CHUNKED_BLOCKS]
+)
+def test_cuda_tf32_training_step_stays_within_the_budget(make, path):
+    # The CPU test above with the real CUDA policy: TF32 on, peak allocated over the step.
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.fp32_precision
+    matmul.fp32_precision = "tf32"
+    try:
+        block = make().cuda().train()
+        block.affinity_budget_mb = 32
+        x = torch.randn(2, 128, 48, 64, device="cuda")
+
+        def step():
+            block(x.detach().requires_grad_(True)).sum().backward()
+
+        step()
+        block.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        peak = torch.cuda.max_memory_allocated() - before
+    finally:
+        matmul.fp32_precision = saved
+    assert block.last_path.path == path and 128 < block.last_path.rows < 48 * 64
+    assert peak <= 32 * 2**20, f"peak {peak / 2**20:.1f} MiB"
 
 
 def test_cpu_kept_forward_builds_its_affinity_in_place():
