@@ -21,8 +21,16 @@ PY_CONFIGS = {
         "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
         "backbone.bottom_up.res4.nonlocal5",
     ),
+    "mask_rcnn_nl_R50_FPN_50ep_LSJ.py": (
+        "new_baselines/mask_rcnn_R_50_FPN_50ep_LSJ.py",
+        "backbone.bottom_up.res4.nonlocal5",
+    ),
     "mask_rcnn_nl_R50_FPN_100ep_LSJ.py": (
         "new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py",
+        "backbone.bottom_up.res4.nonlocal5",
+    ),
+    "mask_rcnn_nl_R50_FPN_200ep_LSJ.py": (
+        "new_baselines/mask_rcnn_R_50_FPN_200ep_LSJ.py",
         "backbone.bottom_up.res4.nonlocal5",
     ),
     "mask_rcnn_nl_R50_FPN_400ep_LSJ.py": (
@@ -31,6 +39,10 @@ PY_CONFIGS = {
     ),
     "mask_rcnn_nl_R101_FPN_100ep_LSJ.py": (
         "new_baselines/mask_rcnn_R_101_FPN_100ep_LSJ.py",
+        "backbone.bottom_up.res4.nonlocal22",
+    ),
+    "mask_rcnn_nl_R101_FPN_200ep_LSJ.py": (
+        "new_baselines/mask_rcnn_R_101_FPN_200ep_LSJ.py",
         "backbone.bottom_up.res4.nonlocal22",
     ),
     "mask_rcnn_nl_R101_FPN_400ep_LSJ.py": (
