@@ -16,31 +16,53 @@ OUT="${1:-output/gpu_benchmarks}"
 mkdir -p "$OUT"
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
 
-step() { echo "[gpu_benchmarks] $1" >&2; }
+failed=()
+# run_step NAME SECONDS OUTPUT_FILE COMMAND...: one measurement, bounded in time; a failing or
+# overrunning step is recorded and the next one still runs (one GPU session measures everything).
+run_step() {
+  local name="$1" seconds="$2" file="$3"
+  shift 3
+  echo "[gpu_benchmarks] $name (at most ${seconds} s)" >&2
+  local t0=$SECONDS
+  if ! timeout "$seconds" "$@" 2>&1 | tee "$file"; then
+    failed+=("$name")
+    echo "[gpu_benchmarks] FAILED or timed out: $name" >&2
+  fi
+  echo "[gpu_benchmarks] $name took $((SECONDS - t0)) s" >&2
+}
 
-step "paths against float64 on the GPU"
+"$PY" -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" |
+  tee "$OUT/device.txt"
+
 if "$PY" -c "import pytest" 2>/dev/null; then
-  "$PY" -m pytest tests/layers -m cuda -q -p no:cacheprovider | tee "$OUT/cuda_tests.txt"
+  run_step "paths against float64 on the GPU" 180 "$OUT/cuda_tests.txt" \
+    "$PY" -m pytest tests/layers -m cuda -q -p no:cacheprovider
 else
-  step "pytest is not importable: CUDA tests skipped (see the header for the wheels to carry)"
+  echo "[gpu_benchmarks] pytest is not importable: CUDA tests skipped (see the header)" >&2
+  failed+=("cuda tests (no pytest)")
 fi
 
-step "whole blocks, default budget"
-"$PY" tools/benchmark_blocks.py --device cuda --dtype fp32 tf32 bf16 --tables block \
-  --stages res4 res3 --repeats 5 | tee "$OUT/blocks_default_budget.txt"
+run_step "whole blocks, default budget" 300 "$OUT/blocks_default_budget.txt" \
+  "$PY" tools/benchmark_blocks.py --device cuda --dtype fp32 tf32 bf16 --tables block \
+  --stages res4 res3 --repeats 5
 
-step "whole blocks at res3, 1 GiB budget"
-"$PY" tools/benchmark_blocks.py --device cuda --dtype fp32 tf32 bf16 --tables block \
-  --stages res3 --repeats 5 --budget-mb 1024 | tee "$OUT/blocks_res3_1GiB.txt"
+run_step "whole blocks at res3, 1 GiB budget" 180 "$OUT/blocks_res3_1GiB.txt" \
+  "$PY" tools/benchmark_blocks.py --device cuda --dtype fp32 tf32 bf16 --tables block \
+  --stages res3 --repeats 5 --budget-mb 1024
 
 for config in mask_rcnn_nl_R50 mask_rcnn_nl5_R50; do
-  for amp in fp32 bf16; do
-    step "$config vs stock, $amp"
+  for amp in bf16 fp32; do
     amp_args=()
     [ "$amp" = fp32 ] || amp_args=(--amp "$amp")
-    "$PY" tools/benchmark_model.py --config-file "configs/$config.yaml" --input-size 800 1333 \
+    run_step "$config vs stock, $amp" 240 "$OUT/model_${config}_${amp}.txt" \
+      "$PY" tools/benchmark_model.py --config-file "configs/$config.yaml" --input-size 800 1333 \
       --batch-size 2 --iters 10 --warmup 3 "${amp_args[@]}" \
-      --opts MODEL.WEIGHTS "" MODEL.DEVICE cuda 2>&1 | tee "$OUT/model_${config}_${amp}.txt"
+      --opts MODEL.WEIGHTS "" MODEL.DEVICE cuda
   done
 done
-step "done: $OUT"
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "[gpu_benchmarks] failed steps: ${failed[*]}; outputs in $OUT" >&2
+  exit 1
+fi
+echo "[gpu_benchmarks] done: $OUT" >&2
