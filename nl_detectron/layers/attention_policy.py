@@ -143,7 +143,7 @@ def _fits(call: AggregationCall) -> bool:
     return 2 * call.affinity_bytes <= _room(call)
 
 
-def peak_bytes(call: AggregationCall, choice: "PathChoice") -> int:
+def peak_bytes(call: AggregationCall, choice: PathChoice) -> int:
     """What ``call`` holds at its peak on ``choice``: working_bytes plus its N x M buffers."""
     if choice.path == KEPT:
         square = 2 * call.affinity_bytes
