@@ -8,8 +8,9 @@ Memory model. The budget bounds what one aggregation holds at its peak, forward 
 per-position tensors (:func:`working_bytes`: the kept operands and output, the incoming gradient
 and the operand gradients) plus its N x M-shaped buffers. Paths that build the affinity hold two
 N x M tensors at their peak (the logits and the probabilities in the forward, the kept
-probabilities and their gradient in the backward); chunked paths hold two ``[B, rows, M]`` chunks,
-sized to what the budget leaves after the per-position tensors. Fused SDPA and the sorted
+probabilities and their gradient in the backward); chunked paths hold two ``[B, rows, M]`` chunks
+in a backward and one in a forward alone, sized to what the budget leaves after the per-position
+tensors. Fused SDPA and the sorted
 concatenation hold nothing of that shape. The aggregation's backward is where the block's memory
 peaks, so the budget is close to the block's whole extra memory on those paths (measured in
 docs/attention_paths.md). A budget below what the chosen path needs at the least
@@ -132,10 +133,16 @@ def _room(call: AggregationCall) -> int:
     return call.budget_bytes - working_bytes(call)
 
 
+def _chunk_buffers(call: AggregationCall) -> int:
+    """[B, rows, M] buffers a chunked path holds at once: the chunk and its gradient in a
+    backward, the chunk alone in a forward without one."""
+    return 2 if call.needs_grad else 1
+
+
 def budget_rows(call: AggregationCall) -> int:
-    """Query rows whose two [B, rows, M] chunks fit what the budget leaves (all N when the whole
-    map does; at least MIN_CHUNK_ROWS, or N when smaller)."""
-    rows = max(_room(call), 0) // (2 * max(call.row_bytes, 1))
+    """Query rows whose [B, rows, M] chunks fit what the budget leaves (all N when the whole map
+    does; at least MIN_CHUNK_ROWS, or N when smaller)."""
+    rows = max(_room(call), 0) // (_chunk_buffers(call) * max(call.row_bytes, 1))
     return int(min(max(rows, MIN_CHUNK_ROWS, 1), max(call.num_queries, 1)))
 
 
@@ -148,7 +155,7 @@ def peak_bytes(call: AggregationCall, choice: PathChoice) -> int:
     if choice.path == KEPT:
         square = 2 * call.affinity_bytes
     elif choice.path in (CHUNKED, CHUNKED_CONCAT):
-        square = 2 * choice.rows * call.row_bytes
+        square = _chunk_buffers(call) * choice.rows * call.row_bytes
     else:
         square = 0
     return working_bytes(call) + square

@@ -187,6 +187,21 @@ def test_chunked_paths_hold_only_their_chunks():
         assert peak < N_BY_N_BYTES / 8
 
 
+def test_chunked_forward_alone_holds_one_chunk():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, N, WIDTH, generator=gen) for _ in range(3))
+    a, b = (torch.randn(1, N, generator=gen) for _ in range(2))
+    rows = 256  # one chunk of 256 x 8192 fp32: 8 MiB
+    chunk = rows * N * 4
+    with torch.no_grad():
+        for run in (
+            lambda: softmax_attention(q, k, v, 0.25, PathChoice(CHUNKED, rows)),
+            lambda: concatenation_sum(a, b, v, PathChoice(CHUNKED_CONCAT, rows)),
+        ):
+            _, peak = _profile(run)
+            assert chunk <= peak <= chunk + 4 * N * WIDTH * 4, f"peak {peak / 2**20:.1f} MiB"
+
+
 def test_budget_below_the_affinity_keeps_none():
     # 6 x 7 = 42 positions at batch 2: a 13.8 KiB fp32 affinity and 24 KiB of operands and
     # gradients; 0.04 MiB holds the latter but not two affinities besides.

@@ -199,8 +199,16 @@ def test_kept_boundary_is_twice_the_affinity_plus_the_working_memory():
         call("res3", "gaussian", dtype=torch.bfloat16, budget_bytes=512 * MiB),
         call("res4", kind=CONCATENATION, budget_bytes=200 * MiB),
         call("res3", kind=CONCATENATION, budget_bytes=1024 * MiB),
+        call("res3", tf32=True, needs_grad=False, budget_bytes=512 * MiB),
     ],
-    ids=["tf32", "gaussian-fp32", "gaussian-bf16", "concatenation-res4", "concatenation-res3"],
+    ids=[
+        "tf32",
+        "gaussian-fp32",
+        "gaussian-bf16",
+        "concatenation-res4",
+        "concatenation-res3",
+        "tf32-inference",
+    ],
 )
 def test_chunks_fill_what_the_budget_leaves(facts):
     choice = choose_path(facts)
@@ -208,6 +216,14 @@ def test_chunks_fill_what_the_budget_leaves(facts):
     assert peak_bytes(facts, choice) <= facts.budget_bytes
     bigger = PathChoice(choice.path, choice.rows + 1)
     assert peak_bytes(facts, bigger) > facts.budget_bytes  # and no fewer rows than it allows
+
+
+def test_a_forward_alone_holds_one_chunk_and_gets_twice_the_rows():
+    training = call("res3", tf32=True, budget_bytes=1024 * MiB)
+    inference = dataclasses.replace(training, needs_grad=False)
+    room = training.budget_bytes - working_bytes(inference)
+    assert choose_path(inference).rows == room // training.row_bytes
+    assert choose_path(inference).rows > 2 * choose_path(training).rows
 
 
 def test_one_chunk_when_the_whole_map_fits():
