@@ -6,7 +6,7 @@ takes; :func:`softmax_attention` and :func:`concatenation_sum` run it.
 """
 
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Set
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +35,19 @@ def flatten_positions(t: torch.Tensor) -> torch.Tensor:
 
 
 def plan_aggregation(
-    kind: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, budget_mb: Optional[float]
+    kind: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    budget_mb: Optional[float],
+    warned: Optional[Set[tuple]] = None,
 ) -> PathChoice:
     """The policy's path for aggregating q [B, N, D], k [B, M, D], v [B, M, E] of ``kind``.
 
     The compute dtype is autocast's where it is on; ``budget_mb`` None is the device's default.
     Warns when a set budget is below what even the chosen path needs (:func:`peak_bytes`); the
-    device's default is a guide, not a promise, and does not warn.
+    device's default is a guide, not a promise, and does not warn. ``warned`` (a block's set)
+    limits that to one warning per budget, dtype and widths, whatever the map sizes.
     """
     device = v.device
     dtype = compute_dtype(device.type, v.dtype)
@@ -61,7 +67,10 @@ def plan_aggregation(
     )
     choice = choose_path(call)
     need = peak_bytes(call, choice)
-    if budget_mb is not None and need > call.budget_bytes:
+    key = (budget_mb, call.dtype, call.query_width, call.value_width)
+    if budget_mb is not None and need > call.budget_bytes and key not in (warned or ()):
+        if warned is not None:
+            warned.add(key)
         rows = (
             f" in chunks of {choice.rows} query rows" if choice.path.startswith("chunked") else ""
         )

@@ -1,10 +1,11 @@
 """Behaviour shared by all context blocks: input and query checks, the explicit-affinity switch."""
 
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
 
+from .attention import plan_aggregation
 from .attention_policy import PathChoice, check_budget_mb
 
 
@@ -32,6 +33,7 @@ class NonLocalBase(nn.Module):
         self.chunk_size: Optional[int] = None
         self._affinity_budget_mb: Optional[float] = None
         self.last_path: Optional[PathChoice] = None
+        self._unmet_budgets: Set[tuple] = set()  # warned once each, see plan_aggregation
 
     @property
     def affinity_budget_mb(self) -> Optional[float]:
@@ -40,6 +42,13 @@ class NonLocalBase(nn.Module):
     @affinity_budget_mb.setter
     def affinity_budget_mb(self, value) -> None:
         self._affinity_budget_mb = check_budget_mb(type(self).__name__, value)
+
+    def plan_aggregation(self, kind: str, q, k, v) -> PathChoice:
+        """The policy's path for this block's aggregation (recorded in ``last_path``)."""
+        self.last_path = plan_aggregation(
+            kind, q, k, v, self.affinity_budget_mb, warned=self._unmet_budgets
+        )
+        return self.last_path
 
     def key_shape(self, spatial_shape: Sequence[int]) -> Tuple[int, ...]:
         """The grid of key positions (j) for an input of ``spatial_shape``."""

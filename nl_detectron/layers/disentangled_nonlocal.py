@@ -6,7 +6,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .attention import flatten_positions, plan_aggregation, softmax_attention
+from .attention import flatten_positions, softmax_attention
 from .attention_policy import SOFTMAX
 from .base import NonLocalBase
 from .dims import (
@@ -119,7 +119,7 @@ class DisentangledNonLocalBlock(NonLocalBase):
     def _aggregate(self, theta, phi, g, unary) -> torch.Tensor:
         """y = A g [B, N, C']: the pairwise term on the policy's path plus the unary term
         sum_j softmax_j(u_j) g_j [B, 1, C'], the same for every query."""
-        self.last_path = plan = plan_aggregation(SOFTMAX, theta, phi, g, self.affinity_budget_mb)
+        plan = self.plan_aggregation(SOFTMAX, theta, phi, g)
         y = softmax_attention(theta, phi, g, self.scale, plan)
         return y + torch.matmul(unary.unsqueeze(1).to(g.dtype), g)
 

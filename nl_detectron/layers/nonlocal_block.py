@@ -10,7 +10,6 @@ from torch import nn
 from .attention import (
     concatenation_sum,
     flatten_positions,
-    plan_aggregation,
     softmax_attention,
 )
 from .attention_policy import CONCATENATION, SOFTMAX
@@ -151,7 +150,7 @@ class NonLocalBlock(NonLocalBase):
             # [B, N, C'] @ ([B, C', M] @ [B, M, C']): O(N C'^2) instead of O(N M C').
             return torch.matmul(theta, torch.matmul(phi.transpose(1, 2), g)) / num_keys
         kind = CONCATENATION if self.instantiation == "concatenation" else SOFTMAX
-        self.last_path = plan = plan_aggregation(kind, theta, phi, g, self.affinity_budget_mb)
+        plan = self.plan_aggregation(kind, theta, phi, g)
         if kind == CONCATENATION:
             a, b = self._concat_terms(theta, phi)
             return concatenation_sum(a, b, g, plan) / num_keys

@@ -270,6 +270,9 @@ def test_a_budget_that_cannot_be_met_warns_and_names_it(monkeypatch):
         UserWarning, match=r"affinity_budget_mb=0.5 cannot be met .* 'chunked' in chunks of 128 "
     ):
         block(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per block, budget, dtype and widths
+        block(torch.randn(2, 64, 40, 64))
     block.affinity_budget_mb = None  # the device's default is not the user's request
     with warnings.catch_warnings():
         warnings.simplefilter("error")
