@@ -10,10 +10,9 @@ and the operand gradients) plus its N x M-shaped buffers. Paths that build the a
 N x M tensors at their peak (the logits and the probabilities in the forward, the kept
 probabilities and their gradient in the backward); chunked paths hold two ``[B, rows, M]`` chunks
 in a backward and one in a forward alone, sized to what the budget leaves after the per-position
-tensors. Fused SDPA and the sorted
-concatenation hold nothing of that shape. The aggregation's backward is where the block's memory
-peaks, so the budget is close to the block's whole extra memory on those paths (measured in
-docs/attention_paths.md). A budget below what the chosen path needs at the least
+tensors. Fused SDPA and the sorted concatenation hold nothing of that shape. The aggregation's
+backward is where the block's memory peaks, so the budget is close to the block's whole extra
+memory on those paths (measured in docs/attention_paths.md). A budget below what the chosen path needs at the least
 (:func:`peak_bytes` of its choice) cannot be met; :func:`plan_aggregation` then warns.
 
 Path table (softmax forms = embedded Gaussian, Gaussian, DNL's pairwise term):
