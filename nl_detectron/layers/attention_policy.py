@@ -12,8 +12,9 @@ probabilities and their gradient in the backward); chunked paths hold two ``[B, 
 in a backward and one in a forward alone, sized to what the budget leaves after the per-position
 tensors. Fused SDPA and the sorted concatenation hold nothing of that shape. The aggregation's
 backward is where the block's memory peaks, so the budget is close to the block's whole extra
-memory on those paths (measured in docs/attention_paths.md). A budget below what the chosen path needs at the least
-(:func:`peak_bytes` of its choice) cannot be met; :func:`plan_aggregation` then warns.
+memory on those paths (measured in docs/attention_paths.md). A budget below what the chosen path
+needs at the least (:func:`peak_bytes` of its choice) cannot be met; :func:`plan_aggregation`
+then warns.
 
 Path table (softmax forms = embedded Gaussian, Gaussian, DNL's pairwise term):
 
