@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Measures, on a CUDA machine, what docs/attention_paths.md lists: every aggregation path against
 # float64 on the GPU, the whole blocks under the default budget and a 1 GiB budget (fp32, TF32,
-# bf16), and the NL Mask R-CNN models against stock (fp32 and bf16 autocast). About 10 minutes on
-# an H200. Needs a Python with torch (CUDA), detectron2 and nl_detectron importable, plus pytest for
-# the first step and tabulate for the model benchmark (on a machine without a package registry, carry
-# their wheels too: `pip download --no-deps pytest pluggy iniconfig packaging pygments tabulate`, all
-# py3-none-any, into the same folder).
+# bf16), the NL Mask R-CNN models against stock (fp32 and bf16 autocast), and every block forced
+# onto each of its paths. About 10 minutes on an H200. Needs a Python with torch (CUDA),
+# detectron2 and nl_detectron importable, plus pytest for the first step and tabulate for the
+# model benchmark (on a machine without a package registry, carry their wheels too: `pip download
+# --no-deps pytest pluggy iniconfig packaging pygments tabulate`, all py3-none-any, into the same
+# folder).
 #
 # Usage: bash scripts/gpu_benchmarks.sh [OUTPUT_DIR]     (default output/gpu_benchmarks; PYTHON=...)
 set -euo pipefail
@@ -60,6 +61,12 @@ for config in mask_rcnn_nl_R50 mask_rcnn_nl5_R50; do
       --opts MODEL.WEIGHTS "" MODEL.DEVICE cuda
   done
 done
+
+# Every block forced onto each path it can take (chunks sized for 1 GiB): what a change of the
+# policy's table would be made from.
+run_step "each path forced, res4 and res3" 240 "$OUT/blocks_each_path.txt" \
+  "$PY" tools/benchmark_blocks.py --device cuda --dtype fp32 tf32 bf16 --tables paths \
+  --stages res4 res3 --repeats 3 --budget-mb 1024
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "[gpu_benchmarks] failed steps: ${failed[*]}; outputs in $OUT" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time and memory of every context block's fast path against the explicit N x M affinity.
 
-For each stage (res4 / res3 of an 800x1333 image, batch 2) the script prints up to two tables of
+For each stage (res4 / res3 of an 800x1333 image, batch 2) the script prints up to three tables of
 forward (no grad) and forward+backward wall times, their ratio, and the peak extra memory:
 
 - "block": each variant (non-local with its four instantiations, disentangled NL, spectral NL,
@@ -17,6 +17,9 @@ forward (no grad) and forward+backward wall times, their ratio, and the peak ext
   ReLU). The explicit SNL builds T P^T once and adds its transpose (one N x N x C' product, not
   the formula's two). Before timing, every fast core is checked against its explicit one on a
   small input.
+- "paths": each NL/DNL variant forced onto every path it can take (fused / kept / chunked, or
+  sorted / chunked_concat; chunks sized by the budget), forward+backward against the explicit
+  block: the figures the path policy's table is set from.
 
 Each row names the path the fast run took (``block.last_path``: fused / kept / chunked with its
 rows per chunk / sorted / chunked_concat; "associative" for dot product and SNL, "pooled" for GC),
@@ -38,7 +41,7 @@ On the CPU in fp32 the script also measures the machine's matrix-multiplication 
 GEMMs) and the rate the embedded-Gaussian core (4 B N M C' flops) reaches, as a fraction.
 
 Usage: python tools/benchmark_blocks.py [--device cpu|cuda] [--dtype fp32 tf32 bf16 fp16]
-    [--budget-mb MiB] [--stages res3 res4] [--tables block core] [--variants "NL dot_product" ...]
+    [--budget-mb MiB] [--stages res3 res4] [--tables block core paths] [--variants "DNL" ...]
     [--repeats 1] [--warmup 1] [--threads 2]
 Explicit res3 needs several GB (N x N = 16800^2 floats per sample); a full CPU run takes many
 minutes. The stage "tiny" (2 x 64 x 12 x 10) is a quick check of the script itself. The
@@ -52,6 +55,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -64,8 +68,18 @@ from nl_detectron.layers import (
     DisentangledNonLocalBlock,
     NonLocalBlock,
     SpectralNonLocalBlock,
+    attention,
 )
 from nl_detectron.layers.attention import softmax_attention
+from nl_detectron.layers.attention_policy import (
+    CHUNKED,
+    CHUNKED_CONCAT,
+    FUSED,
+    KEPT,
+    SORTED_CONCAT,
+    PathChoice,
+    budget_rows,
+)
 
 # (batch, channels, height, width) of the res4 / res3 feature maps of an 800x1333 input.
 STAGES = {"res4": (2, 1024, 50, 84), "res3": (2, 512, 100, 168), "tiny": (2, 64, 12, 10)}
@@ -328,13 +342,13 @@ def compare(stage, name, make_fn, owner, settings):
     )
 
 
-def print_table_header(title, settings):
+def print_table_header(title, settings, head=None):
     budget = "device default" if settings.budget_mb is None else f"{settings.budget_mb:g} MiB"
     print(
         f"\n{title}; {settings.device.type} {settings.dtype_name}, affinity budget {budget}; "
         f"load average {_load()}"
     )
-    head = header(settings.unit)
+    head = head or header(settings.unit)
     print(head)
     print("|" + "---|" * (head.count("|") - 1), flush=True)
 
@@ -371,6 +385,77 @@ def block_table(stages, variants, settings):
                 flush=True,
             )
     print(f"load average after: {_load()}", flush=True)
+
+
+# Variants with a choice of path, and the paths each can be forced onto.
+PATH_VARIANTS = {
+    "NL gaussian": (FUSED, KEPT, CHUNKED),
+    "NL embedded_gaussian": (FUSED, KEPT, CHUNKED),
+    "DNL": (FUSED, KEPT, CHUNKED),
+    "NL concatenation": (SORTED_CONCAT, CHUNKED_CONCAT),
+}
+
+
+@contextlib.contextmanager
+def forced_path(path):
+    """Every aggregation takes ``path``; chunked ones with the rows the budget allows."""
+    chooses = attention.choose_path
+
+    def choose(call):
+        chunked = path in (CHUNKED, CHUNKED_CONCAT)
+        return PathChoice(path, budget_rows(call) if chunked else call.num_queries)
+
+    attention.choose_path = choose
+    try:
+        with warnings.catch_warnings():
+            # A forced path may hold more than the budget on purpose.
+            warnings.filterwarnings("ignore", message="affinity_budget_mb=.* cannot be met")
+            yield
+    finally:
+        attention.choose_path = chooses
+
+
+def path_table(stages, variants, settings):
+    """Whole blocks forced onto each path they can take, forward+backward, against explicit:
+    the figures a change of the policy's table would be made from."""
+    unit = settings.unit
+    head = (
+        f"| stage | dtype | variant | path | fwd+bwd {unit} | fwd+bwd explicit {unit} "
+        "| speed-up | peak MB | peak MB explicit |"
+    )
+    print_table_header("Whole blocks on each path (forced), forward+backward", settings, head)
+    device = settings.device
+    for stage in stages:
+        batch, channels, height, width = STAGES[stage]
+        x = torch.randn(batch, channels, height, width, device=device)
+        for name, paths in PATH_VARIANTS.items():
+            if name not in variants:
+                continue
+            block = VARIANTS[name](channels).to(device).train()
+            block.affinity_budget_mb = settings.budget_mb
+            block.explicit = True
+            explicit = _best(run_block(block, x, True), settings)
+            block.explicit = False
+            for path in paths:
+                with forced_path(path):
+                    fast = _best(run_block(block, x, True), settings)
+                print(
+                    f"| {stage} | {settings.dtype_name} | {name} | {path_name(block)} "
+                    f"| {fast[0]:.3g} | {explicit[0]:.3g} | {explicit[0] / fast[0]:.2f}x "
+                    f"| {fast[1]:.0f} | {explicit[1]:.0f} |",
+                    flush=True,
+                )
+            del block
+    print(f"load average after: {_load()}", flush=True)
+
+
+def _best(fn, settings):
+    """(best time in the table's unit, median peak MiB) of ``fn`` under the table's precision."""
+    with precision(settings.device, settings.dtype_name):
+        for _ in range(settings.warmup):
+            fn()
+        runs = [settings.measure(fn) for _ in range(settings.repeats)]
+    return min(r[0] for r in runs) * settings.scale, statistics.median(r[1] for r in runs) / 2**20
 
 
 def core_table(stages, variants, settings):
@@ -438,7 +523,14 @@ def core_gflops(batch, channels, positions, repeats):
 def argument_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stages", nargs="+", choices=sorted(STAGES), default=["res4", "res3"])
-    parser.add_argument("--tables", nargs="+", choices=("block", "core"), default=["block", "core"])
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        choices=("block", "core", "paths"),
+        default=["block", "core"],
+        help="block: default path vs explicit; core: the aggregation alone; paths: each block "
+        "forced onto each path it can take (fwd+bwd)",
+    )
     parser.add_argument(
         "--variants",
         nargs="+",
@@ -494,7 +586,7 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {where}, {args.threads} threads")
     if device.type == "cpu":
         print(f"fp32 matmul: {matmul_gflops():.1f} GFLOP/s")
-    if "block" in args.tables:
+    if "block" in args.tables or "paths" in args.tables:
         for make in VARIANTS.values():  # warm up every code path on a small map
             block = make(64).to(device)
             for explicit in (False, True):
@@ -508,6 +600,8 @@ def main(argv=None):
             block_table(args.stages, args.variants, settings)
         if "core" in args.tables:
             core_table(args.stages, args.variants, settings)
+        if "paths" in args.tables:
+            path_table(args.stages, args.variants, settings)
 
 
 if __name__ == "__main__":

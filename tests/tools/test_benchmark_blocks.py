@@ -1,5 +1,7 @@
 import pytest
 
+from nl_detectron.layers.attention_policy import choose_path
+
 
 def _rows(output):
     return [line.split(" | ") for line in output.splitlines() if line.startswith("| tiny |")]
@@ -34,6 +36,20 @@ def test_budget_option_reaches_the_blocks(load_tool, capsys):
     # 0.01 MiB cannot hold the 120-position affinity twice: the CPU flash kernel instead
     variant_rows = [r for r in _rows(output) if r[2] in ("NL gaussian", "DNL")]
     assert len(variant_rows) == 2 and {r[3] for r in variant_rows} == {"fused"}
+
+
+def test_paths_table_forces_every_path_of_every_variant(load_tool, capsys):
+    tool = load_tool("benchmark_blocks")
+    tool.main(["--stages", "tiny", "--tables", "paths", "--threads", "1", "--budget-mb", "0.05"])
+    rows = _rows(capsys.readouterr().out)
+    taken = {(r[2], r[3].split(" (")[0]) for r in rows}
+    assert taken == {
+        (variant, path) for variant, paths in tool.PATH_VARIANTS.items() for path in paths
+    }
+    assert "chunked (120 rows)" in {r[3] for r in rows}  # the whole tiny map is one chunk
+    for row in rows:
+        assert row[6].endswith("x") and float(row[6][:-1]) > 0
+    assert tool.attention.choose_path is choose_path  # the policy is restored afterwards
 
 
 @pytest.mark.parametrize(
