@@ -320,17 +320,9 @@ def compare(stage, name, make_fn, owner, settings):
     results, path = {}, "-"
     for backward in (False, True):
         for explicit in (False, True):  # interleaved, so that load drifts hit both
-            fn = make_fn(explicit, backward)
-            with precision(settings.device, settings.dtype_name):
-                for _ in range(settings.warmup):
-                    fn()
-                runs = [settings.measure(fn) for _ in range(settings.repeats)]
+            results[backward, explicit] = _best(make_fn(explicit, backward), settings)
             if backward and not explicit:
                 path = path_name(owner)
-            results[backward, explicit] = (
-                min(r[0] for r in runs) * settings.scale,
-                statistics.median(r[1] for r in runs) / 2**20,
-            )
     fwd, fwd_x = results[False, False], results[False, True]
     both, both_x = results[True, False], results[True, True]
     print(
@@ -357,17 +349,23 @@ def _load():
     return " / ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+def _training_block(name, channels, settings):
+    """The variant ``name`` in train mode on the table's device, with the table's budget."""
+    block = VARIANTS[name](channels).to(settings.device).train()
+    block.affinity_budget_mb = settings.budget_mb
+    return block
+
+
 def block_table(stages, variants, settings):
     print_table_header("Whole blocks, fast path vs explicit = True", settings)
     device = settings.device
     for stage in stages:
         batch, channels, height, width = STAGES[stage]
         x = torch.randn(batch, channels, height, width, device=device)
-        for name, make in VARIANTS.items():
+        for name in VARIANTS:
             if name not in variants:
                 continue
-            block = make(channels).to(device).train()
-            block.affinity_budget_mb = settings.budget_mb
+            block = _training_block(name, channels, settings)
 
             def make_fn(explicit, backward, block=block, x=x):
                 block.explicit = explicit
@@ -431,8 +429,7 @@ def path_table(stages, variants, settings):
         for name, paths in PATH_VARIANTS.items():
             if name not in variants:
                 continue
-            block = VARIANTS[name](channels).to(device).train()
-            block.affinity_budget_mb = settings.budget_mb
+            block = _training_block(name, channels, settings)
             block.explicit = True
             explicit = _best(run_block(block, x, True), settings)
             block.explicit = False
