@@ -18,12 +18,13 @@ forward (no grad) and forward+backward wall times, their ratio, and the peak ext
   the formula's two). Before timing, every fast core is checked against its explicit one on a
   small input.
 - "paths": each NL/DNL variant forced onto every path it can take (fused / kept / chunked, or
-  sorted / chunked_concat; chunks sized by the budget), forward+backward against the explicit
-  block: the figures the path policy's table is set from.
+  sorted / chunked_concat / triton_concat, the last on CUDA; chunks sized by the budget),
+  forward+backward against the explicit block: the figures the path policy's table is set from.
 
 Each row names the path the fast run took (``block.last_path``: fused / kept / chunked with its
-rows per chunk / sorted / chunked_concat; "associative" for dot product and SNL, "pooled" for GC),
-as chosen by nl_detectron.layers.attention_policy for the device, dtype and ``--budget-mb``.
+rows per chunk / sorted / chunked_concat / triton_concat; "associative" for dot product and SNL,
+"pooled" for GC), as chosen by nl_detectron.layers.attention_policy for the device, dtype and
+``--budget-mb``.
 
 Devices and dtypes (``--device``, ``--dtype``, several dtypes make one table each):
 - fp32: TF32 off on CUDA; tf32: fp32 tensors with TF32 matmuls allowed (CUDA only); bf16, fp16:
@@ -77,9 +78,11 @@ from nl_detectron.layers.attention_policy import (
     FUSED,
     KEPT,
     SORTED_CONCAT,
+    TRITON_CONCAT,
     PathChoice,
     budget_rows,
 )
+from nl_detectron.layers.triton_relu_pair_sum import triton_runs_on
 
 # (batch, channels, height, width) of the res4 / res3 feature maps of an 800x1333 input.
 STAGES = {"res4": (2, 1024, 50, 84), "res3": (2, 512, 100, 168), "tiny": (2, 64, 12, 10)}
@@ -390,7 +393,7 @@ PATH_VARIANTS = {
     "NL gaussian": (FUSED, KEPT, CHUNKED),
     "NL embedded_gaussian": (FUSED, KEPT, CHUNKED),
     "DNL": (FUSED, KEPT, CHUNKED),
-    "NL concatenation": (SORTED_CONCAT, CHUNKED_CONCAT),
+    "NL concatenation": (SORTED_CONCAT, CHUNKED_CONCAT, TRITON_CONCAT),
 }
 
 
@@ -434,6 +437,8 @@ def path_table(stages, variants, settings):
             explicit = _best(run_block(block, x, True), settings)
             block.explicit = False
             for path in paths:
+                if path == TRITON_CONCAT and not triton_runs_on(device.type):
+                    continue  # CUDA only (the CPU under Triton's interpreter)
                 with forced_path(path):
                     fast = _best(run_block(block, x, True), settings)
                 print(

@@ -18,6 +18,7 @@ from .attention_policy import (
     KEPT,
     SOFTMAX,
     SORTED_CONCAT,
+    TRITON_CONCAT,
     AggregationCall,
     PathChoice,
     budget_bytes,
@@ -27,6 +28,8 @@ from .attention_policy import (
     peak_bytes,
     tf32_allowed,
 )
+from .triton_relu_pair_sum import DTYPES as TRITON_DTYPES
+from .triton_relu_pair_sum import TritonReluPairSum, triton_runs_on
 
 
 def flatten_positions(t: torch.Tensor) -> torch.Tensor:
@@ -41,6 +44,7 @@ def plan_aggregation(
     v: torch.Tensor,
     budget_mb: Optional[float],
     warned: Optional[Set[tuple]] = None,
+    triton: bool = False,
 ) -> PathChoice:
     """The policy's path for aggregating q [B, N, D], k [B, M, D], v [B, M, E] of ``kind``.
 
@@ -48,9 +52,17 @@ def plan_aggregation(
     Warns when a set budget is below what even the chosen path needs (:func:`peak_bytes`); the
     device's default is a guide, not a promise, and does not warn. ``warned`` (a block's set)
     limits that to one warning per budget, dtype and widths, whatever the map sizes.
+    ``triton``: the caller asks for the Triton kernels; a ValueError where they cannot run.
     """
     device = v.device
     dtype = compute_dtype(device.type, v.dtype)
+    if triton and not triton_runs_on(device.type):
+        raise ValueError(
+            f"use_triton=True: the Triton kernels run on CUDA devices (or under "
+            f"TRITON_INTERPRET=1, for tests), not on {device.type!r} tensors without it"
+        )
+    if triton and dtype not in TRITON_DTYPES:
+        raise ValueError(f"use_triton=True: compute dtype {dtype} is not one of {TRITON_DTYPES}")
     call = AggregationCall(
         kind=kind,
         device_type=device.type,
@@ -64,6 +76,7 @@ def plan_aggregation(
         budget_bytes=budget_bytes(budget_mb, device),
         tf32=dtype == torch.float32 and tf32_allowed(device.type),
         tracing=is_tracing(),
+        triton=triton,
     )
     choice = choose_path(call)
     need = peak_bytes(call, choice)
@@ -327,13 +340,16 @@ class _ChunkedReluPairSum(torch.autograd.Function):
 def concatenation_sum(
     a: torch.Tensor, b: torch.Tensor, v: torch.Tensor, plan: PathChoice
 ) -> torch.Tensor:
-    """y_i = sum_j ReLU(a_i + b_j) v_j by ``plan``: sorted key terms, or query chunks."""
-    if plan.path == CHUNKED_CONCAT:
+    """y_i = sum_j ReLU(a_i + b_j) v_j by ``plan``: sorted key terms, query chunks or the
+    Triton kernels."""
+    if plan.path in (CHUNKED_CONCAT, TRITON_CONCAT):
         dtype = compute_dtype(v.device.type, v.dtype)
         with torch.autocast(v.device.type, enabled=False):
+            if plan.path == TRITON_CONCAT:
+                # The scalar terms stay fp32 (R's tiles are formed in fp32, then rounded).
+                return TritonReluPairSum.apply(a.float(), b.float(), v.to(dtype))
             return _ChunkedReluPairSum.apply(a.to(dtype), b.to(dtype), v.to(dtype), plan.rows)
     if plan.path == SORTED_CONCAT:
         return relu_pair_sum(a, b, v)
-    raise ValueError(
-        f"concatenation_sum: path {plan.path!r} is not one of {(SORTED_CONCAT, CHUNKED_CONCAT)}"
-    )
+    paths = (SORTED_CONCAT, CHUNKED_CONCAT, TRITON_CONCAT)
+    raise ValueError(f"concatenation_sum: path {plan.path!r} is not one of {paths}")

@@ -31,9 +31,12 @@ CUDA                      otherwise (TF32, wide heads, Gaussian's unequal widths
                           (rows: two chunks fill what working_bytes leaves, >= 128)
 ========================  =========================================================  ===========
 
-Concatenation: ``sorted`` (O(M log M + N C'), see ``relu_pair_sum``) on the CPU and when traced;
+Concatenation: ``sorted`` (O(M log M + N C'), see ``relu_pair_sum``) when traced and on the CPU;
 on CUDA ``chunked_concat``, the broadcast ReLU(a_i + b_j) in query chunks that fit the budget (one
-chunk when the whole map does). Figures behind the choices: docs/attention_paths.md.
+chunk when the whole map does). A block that asks for Triton (``use_triton``) gets
+``triton_concat`` wherever the kernels run (CUDA; the CPU under Triton's interpreter) unless
+traced: the broadcast fused into tensor-core products, nothing N x M held, so the budget plays no
+part. It is opt-in until GPU timings decide. Figures behind the choices: docs/attention_paths.md.
 """
 
 import math
@@ -47,6 +50,7 @@ FUSED = "fused"  # torch's scaled_dot_product_attention kernels
 CHUNKED = "chunked"  # query chunks, log-sum-exp kept, affinity recomputed in the backward
 SORTED_CONCAT = "sorted"  # concatenation from sorted key terms and suffix sums
 CHUNKED_CONCAT = "chunked_concat"  # concatenation as a broadcast in query chunks
+TRITON_CONCAT = "triton_concat"  # concatenation in Triton kernels, nothing N x M stored
 
 SOFTMAX = "softmax"
 CONCATENATION = "concatenation"
@@ -81,6 +85,7 @@ class AggregationCall:
     budget_bytes: int
     tf32: bool = False
     tracing: bool = False
+    triton: bool = False  # the block asks for Triton kernels, and they run on this device
 
     @property
     def itemsize(self) -> int:
@@ -168,7 +173,11 @@ def choose_path(call: AggregationCall) -> PathChoice:
     whole = call.num_queries
     cpu = call.device_type == "cpu"
     if call.kind == CONCATENATION:
-        if cpu or call.tracing:
+        if call.tracing:
+            return PathChoice(SORTED_CONCAT, whole)
+        if call.triton:
+            return PathChoice(TRITON_CONCAT, whole)
+        if cpu:
             return PathChoice(SORTED_CONCAT, whole)
         return PathChoice(CHUNKED_CONCAT, budget_rows(call))
     if call.tracing:

@@ -43,10 +43,10 @@ class NonLocalBase(nn.Module):
     def affinity_budget_mb(self, value) -> None:
         self._affinity_budget_mb = check_budget_mb(type(self).__name__, value)
 
-    def plan_aggregation(self, kind: str, q, k, v) -> PathChoice:
+    def plan_aggregation(self, kind: str, q, k, v, triton: bool = False) -> PathChoice:
         """The policy's path for this block's aggregation (recorded in ``last_path``)."""
         self.last_path = plan_aggregation(
-            kind, q, k, v, self.affinity_budget_mb, warned=self._unmet_budgets
+            kind, q, k, v, self.affinity_budget_mb, warned=self._unmet_budgets, triton=triton
         )
         return self.last_path
 

@@ -80,6 +80,7 @@ class NonLocalSettings:
     norm: str
     zero_init: bool
     affinity_budget_mb: Optional[float]
+    use_triton: bool
     dnl_temperature: float
     snl_order: int
     gc_ratio: float
@@ -133,6 +134,16 @@ class NonLocalSettings:
         budget = self.affinity_budget_mb
         if budget is not None and not (_is_real(budget) and 0 < budget < math.inf):
             self.fail("affinity_budget_mb", budget, "None (the device's default) or MiB > 0")
+        if not isinstance(self.use_triton, bool):
+            self.fail("use_triton", self.use_triton, "True or False")
+        if self.use_triton and (self.type, self.instantiation) != ("nl", "concatenation"):
+            self.fail(
+                "use_triton",
+                self.use_triton,
+                f"False, or True only with {self.key('type')} 'nl' and "
+                f"{self.key('instantiation')} 'concatenation' (the blocks with Triton kernels); "
+                f"got {self.type!r} / {self.instantiation!r}",
+            )
         if not isinstance(self.dnl_temperature, numbers.Real) or not self.dnl_temperature > 0:
             self.fail("dnl_temperature", self.dnl_temperature, "a number > 0")
         if not _is_int(self.snl_order) or self.snl_order < 2:
@@ -181,6 +192,8 @@ class NonLocalSettings:
         block = self._new_block(in_channels, where)
         # A block attribute, not a constructor argument: it only picks a computation path.
         block.affinity_budget_mb = self.affinity_budget_mb
+        if self.use_triton:
+            block.use_triton = True
         return block
 
     def _new_block(self, in_channels: int, where: str) -> nn.Module:

@@ -19,6 +19,7 @@ from nl_detectron.layers.attention_policy import (
     MIN_CHUNK_ROWS,
     SOFTMAX,
     SORTED_CONCAT,
+    TRITON_CONCAT,
     AggregationCall,
     PathChoice,
     budget_bytes,
@@ -173,6 +174,21 @@ ROWS = [
     ),
     ("concatenation traced: sorted", call("res3", kind=CONCATENATION, tracing=True), SORTED_CONCAT),
     ("concatenation on CUDA: chunked broadcast", call("res4", kind=CONCATENATION), CHUNKED_CONCAT),
+    (
+        "concatenation asking for Triton on CUDA",
+        call("res3", kind=CONCATENATION, triton=True, budget_bytes=MiB),
+        TRITON_CONCAT,
+    ),
+    (
+        "concatenation asking for Triton, interpreted on the CPU",
+        call("res4", kind=CONCATENATION, triton=True, device_type="cpu"),
+        TRITON_CONCAT,
+    ),
+    (
+        "concatenation asking for Triton, traced: sorted",
+        call("res4", kind=CONCATENATION, triton=True, tracing=True),
+        SORTED_CONCAT,
+    ),
 ]
 
 
@@ -224,6 +240,13 @@ def test_a_forward_alone_holds_one_chunk_and_gets_twice_the_rows():
     room = training.budget_bytes - working_bytes(inference)
     assert choose_path(inference).rows == room // training.row_bytes
     assert choose_path(inference).rows > 2 * choose_path(training).rows
+
+
+def test_triton_concatenation_holds_nothing_n_by_m():
+    facts = call("res3", kind=CONCATENATION, triton=True)
+    choice = choose_path(facts)
+    assert choice == PathChoice(TRITON_CONCAT, 16800)
+    assert peak_bytes(facts, choice) == working_bytes(facts)
 
 
 def test_one_chunk_when_the_whole_map_fits():

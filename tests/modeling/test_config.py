@@ -58,6 +58,15 @@ def test_missing_node_is_explained(make_cfg):
         (["TYPE", "gc", "GC_RATIO", 1e-4], r"MODEL\.NONLOCAL\.GC_RATIO=0\.0001.*1/1024"),
         (["AFFINITY_BUDGET_MB", 0.0], r"MODEL\.NONLOCAL\.AFFINITY_BUDGET_MB=0\.0.*MiB > 0"),
         (["AFFINITY_BUDGET_MB", "64"], r"MODEL\.NONLOCAL\.AFFINITY_BUDGET_MB='64'.*None"),
+        (["USE_TRITON", 1], r"MODEL\.NONLOCAL\.USE_TRITON=1.*True or False"),
+        (
+            ["USE_TRITON", True],
+            r"MODEL\.NONLOCAL\.USE_TRITON=True.*'concatenation'.*'embedded_gauss",
+        ),
+        (
+            ["TYPE", "dnl", "INSTANTIATION", "concatenation", "USE_TRITON", True],
+            r"MODEL\.NONLOCAL\.USE_TRITON=True.*TYPE 'nl'.*got 'dnl' / 'concatenation'",
+        ),
         (["GC_POOLING", "max"], r"MODEL\.NONLOCAL\.GC_POOLING='max'.*'attention', 'avg'"),
         (["GC_FUSIONS", ["channel_cat"]], r"MODEL\.NONLOCAL\.GC_FUSIONS=.*channel_add"),
         (
