@@ -52,10 +52,13 @@ def plan_aggregation(
     Warns when a set budget is below what even the chosen path needs (:func:`peak_bytes`); the
     device's default is a guide, not a promise, and does not warn. ``warned`` (a block's set)
     limits that to one warning per budget, dtype and widths, whatever the map sizes.
-    ``triton``: the caller asks for the Triton kernels; a ValueError where they cannot run.
+    ``triton``: the caller asks for the Triton kernels; a ValueError where they cannot run
+    (unless traced: a trace records the policy's portable path).
     """
     device = v.device
     dtype = compute_dtype(device.type, v.dtype)
+    tracing = is_tracing()
+    triton = triton and not tracing  # a trace records the portable path
     if triton and not triton_runs_on(device.type):
         raise ValueError(
             f"use_triton=True: the Triton kernels run on CUDA devices (or under "
@@ -75,7 +78,7 @@ def plan_aggregation(
         needs_grad=torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)),
         budget_bytes=budget_bytes(budget_mb, device),
         tf32=dtype == torch.float32 and tf32_allowed(device.type),
-        tracing=is_tracing(),
+        tracing=tracing,
         triton=triton,
     )
     choice = choose_path(call)

@@ -29,11 +29,20 @@ try:
 except ImportError:  # torch's CUDA builds ship triton; CPU-only builds may not
     triton = None
 
+
+def _interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter: TRITON_INTERPRET, read as Triton does."""
+    knobs = getattr(triton, "knobs", None)  # triton >= 3.4
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
 # Kernels are built at import, compiled or interpreted: the environment then decides.
-_INTERPRETED = triton is not None and bool(os.environ.get("TRITON_INTERPRET"))
+_INTERPRETED = triton is not None and _interpreting()
 # Launch configurations (BLOCK_N, BLOCK_M, BLOCK_E, warps, pipeline stages) the autotuner times on
 # CUDA; not yet tuned on hardware. All compile for sm_80 and sm_90 within their shared memory
-# (tests/layers/test_triton_relu_pair_sum.py). The interpreter runs 32-wide blocks.
+# (tests/layers/test_triton_compile.py). The interpreter runs 32-wide blocks.
 PRODUCT_CONFIGS = (
     (64, 64, 64, 4, 3),
     (128, 64, 64, 8, 3),

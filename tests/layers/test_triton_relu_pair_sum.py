@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nl_detectron.layers import NonLocalBlock, attention
-from nl_detectron.layers.attention_policy import TRITON_CONCAT
+from nl_detectron.layers.attention_policy import SORTED_CONCAT, TRITON_CONCAT
 from nl_detectron.layers.triton_relu_pair_sum import TritonReluPairSum, triton_runs_on
 
 pytest.importorskip("triton")
@@ -134,6 +134,18 @@ def test_use_triton_where_the_kernels_cannot_run_is_an_error(monkeypatch):
     monkeypatch.setattr(attention, "triton_runs_on", lambda device_type: False)
     with pytest.raises(ValueError, match=r"use_triton=True: the Triton kernels run on CUDA"):
         block(torch.randn(1, 8, 4, 4))
+
+
+def test_a_trace_records_the_portable_path_even_where_triton_cannot_run(monkeypatch):
+    torch.manual_seed(0)
+    block = NonLocalBlock(8, instantiation="concatenation", norm="", zero_init=False).eval()
+    x = torch.randn(1, 8, 5, 6)
+    expected = block(x)
+    block.use_triton = True
+    monkeypatch.setattr(attention, "triton_runs_on", lambda device_type: False)
+    traced = torch.jit.trace(block, (x,), check_trace=False)
+    assert block.last_path.path == SORTED_CONCAT
+    assert torch.allclose(traced(x), expected, atol=1e-6)
 
 
 def test_use_triton_with_float64_is_an_error():
