@@ -52,9 +52,9 @@ def add_nonlocal_config(cfg):
     # the block's computation path (see nl_detectron.layers.attention_policy). None: the device's
     # default (CPU 512 MiB, which keeps res4's affinity at batch 2; CUDA 1/16 of the card's memory).
     _C.MODEL.NONLOCAL.AFFINITY_BUDGET_MB = None
-    # Sum the "concatenation" instantiation's pairwise terms with nl_detectron's Triton kernels
-    # (CUDA; nothing N x M stored). Only TYPE "nl" with INSTANTIATION "concatenation". Opt-in:
-    # correct on every test, not yet timed on a GPU (docs/attention_paths.md).
+    # Run the pairwise aggregation of "nl" (all instantiations but dot_product) and "dnl" blocks
+    # in nl_detectron's Triton kernels on CUDA: nothing N x M stored, AFFINITY_BUDGET_MB unused.
+    # Opt-in: correct on every test, not yet timed on a GPU (docs/attention_paths.md).
     _C.MODEL.NONLOCAL.USE_TRITON = False
     # Softmax temperature of the disentangled pairwise term ("dnl").
     _C.MODEL.NONLOCAL.DNL_TEMPERATURE = 0.05

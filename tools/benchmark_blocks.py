@@ -17,14 +17,15 @@ forward (no grad) and forward+backward wall times, their ratio, and the peak ext
   ReLU). The explicit SNL builds T P^T once and adds its transpose (one N x N x C' product, not
   the formula's two). Before timing, every fast core is checked against its explicit one on a
   small input.
-- "paths": each NL/DNL variant forced onto every path it can take (fused / kept / chunked, or
-  sorted / chunked_concat / triton_concat, the last on CUDA; chunks sized by the budget),
-  forward+backward against the explicit block: the figures the path policy's table is set from.
+- "paths": each NL/DNL variant forced onto every path it can take (fused / kept / chunked /
+  triton, or sorted / chunked_concat / triton_concat; the Triton ones on CUDA; chunks sized by
+  the budget), forward+backward against the explicit block: the figures the path policy's table
+  is set from.
 
 Each row names the path the fast run took (``block.last_path``: fused / kept / chunked with its
-rows per chunk / sorted / chunked_concat / triton_concat; "associative" for dot product and SNL,
-"pooled" for GC), as chosen by nl_detectron.layers.attention_policy for the device, dtype and
-``--budget-mb``.
+rows per chunk / triton / sorted / chunked_concat / triton_concat; "associative" for dot product
+and SNL, "pooled" for GC), as chosen by nl_detectron.layers.attention_policy for the device,
+dtype and ``--budget-mb``.
 
 Devices and dtypes (``--device``, ``--dtype``, several dtypes make one table each):
 - fp32: TF32 off on CUDA; tf32: fp32 tensors with TF32 matmuls allowed (CUDA only); bf16, fp16:
@@ -78,11 +79,12 @@ from nl_detectron.layers.attention_policy import (
     FUSED,
     KEPT,
     SORTED_CONCAT,
+    TRITON,
     TRITON_CONCAT,
     PathChoice,
     budget_rows,
 )
-from nl_detectron.layers.triton_relu_pair_sum import triton_runs_on
+from nl_detectron.layers.triton_support import triton_runs_on
 
 # (batch, channels, height, width) of the res4 / res3 feature maps of an 800x1333 input.
 STAGES = {"res4": (2, 1024, 50, 84), "res3": (2, 512, 100, 168), "tiny": (2, 64, 12, 10)}
@@ -390,9 +392,9 @@ def block_table(stages, variants, settings):
 
 # Variants with a choice of path, and the paths each can be forced onto.
 PATH_VARIANTS = {
-    "NL gaussian": (FUSED, KEPT, CHUNKED),
-    "NL embedded_gaussian": (FUSED, KEPT, CHUNKED),
-    "DNL": (FUSED, KEPT, CHUNKED),
+    "NL gaussian": (FUSED, KEPT, CHUNKED, TRITON),
+    "NL embedded_gaussian": (FUSED, KEPT, CHUNKED, TRITON),
+    "DNL": (FUSED, KEPT, CHUNKED, TRITON),
     "NL concatenation": (SORTED_CONCAT, CHUNKED_CONCAT, TRITON_CONCAT),
 }
 
@@ -437,13 +439,13 @@ def path_table(stages, variants, settings):
             explicit = _best(run_block(block, x, True), settings)
             block.explicit = False
             for path in paths:
-                if path == TRITON_CONCAT and not triton_runs_on(device.type):
+                if path in (TRITON, TRITON_CONCAT) and not triton_runs_on(device.type):
                     continue  # CUDA only (the CPU under Triton's interpreter)
                 with forced_path(path):
                     fast = _best(run_block(block, x, True), settings)
                 print(
                     f"| {stage} | {settings.dtype_name} | {name} | {path_name(block)} "
-                    f"| {fast[0]:.3g} | {explicit[0]:.3g} | {explicit[0] / fast[0]:.2f}x "
+                    f"| {fast[0]:.3g} | {explicit[0]:.3g} | {explicit[0] / fast[0]:.3g}x "
                     f"| {fast[1]:.0f} | {explicit[1]:.0f} |",
                     flush=True,
                 )

@@ -18,6 +18,7 @@ from .attention_policy import (
     KEPT,
     SOFTMAX,
     SORTED_CONCAT,
+    TRITON,
     TRITON_CONCAT,
     AggregationCall,
     PathChoice,
@@ -28,8 +29,10 @@ from .attention_policy import (
     peak_bytes,
     tf32_allowed,
 )
-from .triton_relu_pair_sum import DTYPES as TRITON_DTYPES
-from .triton_relu_pair_sum import TritonReluPairSum, triton_runs_on
+from .triton_relu_pair_sum import TritonReluPairSum
+from .triton_softmax_attention import TritonSoftmaxAttention
+from .triton_support import DTYPES as TRITON_DTYPES
+from .triton_support import triton_runs_on
 
 
 def flatten_positions(t: torch.Tensor) -> torch.Tensor:
@@ -254,7 +257,8 @@ def softmax_attention(
     """y_i = sum_j softmax_j(scale * q_i . k_j) v_j for q [B, N, D], k [B, M, D], v [B, M, E].
 
     Runs ``plan`` (default: :func:`plan_aggregation` with ``budget_mb``): the fused SDPA kernel,
-    the kept affinity or the chunked recomputation. Pass ``k is q`` for identity embeddings.
+    the kept affinity, the chunked recomputation or the Triton kernels. Pass ``k is q`` for
+    identity embeddings.
     """
     if plan is None:
         plan = plan_aggregation(SOFTMAX, q, k, v, budget_mb)
@@ -270,9 +274,10 @@ def softmax_attention(
             return _KeptAffinityAttention.apply(q, k, v, scale)
         if plan.path == CHUNKED:
             return _ChunkedSoftmaxAttention.apply(q, k, v, scale, plan.rows)
-    raise ValueError(
-        f"softmax_attention: path {plan.path!r} is not one of {(FUSED, KEPT, CHUNKED)}"
-    )
+        if plan.path == TRITON:
+            return TritonSoftmaxAttention.apply(q, k, v, scale)
+    paths = (FUSED, KEPT, CHUNKED, TRITON)
+    raise ValueError(f"softmax_attention: path {plan.path!r} is not one of {paths}")
 
 
 def _suffix_sums(t: torch.Tensor) -> torch.Tensor:

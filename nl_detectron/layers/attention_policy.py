@@ -22,6 +22,7 @@ Path table (softmax forms = embedded Gaussian, Gaussian, DNL's pairwise term):
 device                    condition (first that holds)                               path
 ========================  =========================================================  ===========
 any                       traced or compiled (export records one SDPA call)         fused
+CUDA                      the block asks for Triton (``use_triton``; opt-in)         triton
 CPU                       affinity fits the budget, and training or v narrower      kept
 CPU                       otherwise (the CPU flash kernel, value zero-padded)        fused
 CUDA                      fp16/bf16, q, k, v of one width <= 256 (flash, cuDNN)      fused
@@ -33,10 +34,11 @@ CUDA                      otherwise (TF32, wide heads, Gaussian's unequal widths
 
 Concatenation: ``sorted`` (O(M log M + N C'), see ``relu_pair_sum``) when traced and on the CPU;
 on CUDA ``chunked_concat``, the broadcast ReLU(a_i + b_j) in query chunks that fit the budget (one
-chunk when the whole map does). A block that asks for Triton (``use_triton``) gets
-``triton_concat`` wherever the kernels run (CUDA; the CPU under Triton's interpreter) unless
-traced: the broadcast fused into tensor-core products, nothing N x M held, so the budget plays no
-part. It is opt-in until GPU timings decide. Figures behind the choices: docs/attention_paths.md.
+chunk when the whole map does), or ``triton_concat`` for a block that asks for Triton.
+
+The Triton paths run wherever the kernels do (CUDA; the CPU under Triton's interpreter, for
+tests) unless traced; they hold nothing N x M, so the budget plays no part. They are opt-in until
+GPU timings decide. Figures behind the choices: docs/attention_paths.md.
 """
 
 import math
@@ -48,6 +50,7 @@ import torch
 KEPT = "kept"  # the affinity built in place and kept for the backward
 FUSED = "fused"  # torch's scaled_dot_product_attention kernels
 CHUNKED = "chunked"  # query chunks, log-sum-exp kept, affinity recomputed in the backward
+TRITON = "triton"  # nl_detectron's flash-style Triton kernels, nothing N x M stored
 SORTED_CONCAT = "sorted"  # concatenation from sorted key terms and suffix sums
 CHUNKED_CONCAT = "chunked_concat"  # concatenation as a broadcast in query chunks
 TRITON_CONCAT = "triton_concat"  # concatenation in Triton kernels, nothing N x M stored
@@ -182,6 +185,8 @@ def choose_path(call: AggregationCall) -> PathChoice:
         return PathChoice(CHUNKED_CONCAT, budget_rows(call))
     if call.tracing:
         return PathChoice(FUSED, whole)
+    if call.triton:
+        return PathChoice(TRITON, whole)
     if cpu:
         narrow_value = call.value_width < call.query_width
         if _fits(call) and (call.needs_grad or narrow_value):

@@ -21,6 +21,10 @@ class NonLocalBase(nn.Module):
             at its peak, N x M-shaped buffers and per-position operands and gradients together
             (see :mod:`nl_detectron.layers.attention_policy`); None is the device's default.
             SNL, GC and the dot product never build N x M and do not use it.
+        use_triton (bool): run the pairwise aggregation in nl_detectron's Triton kernels
+            (CUDA; nothing N x M stored, so ``affinity_budget_mb`` plays no part). Only blocks
+            with such an aggregation (``has_triton_kernels``). Default False: opt-in until timed
+            on GPUs (docs/attention_paths.md).
         last_path (PathChoice or None): the path the last fast forward took, for benchmarks and
             checks (None before the first, and for blocks with a single path).
     """
@@ -32,6 +36,7 @@ class NonLocalBase(nn.Module):
         self.explicit = False
         self.chunk_size: Optional[int] = None
         self._affinity_budget_mb: Optional[float] = None
+        self._use_triton = False
         self.last_path: Optional[PathChoice] = None
         self._unmet_budgets: Set[tuple] = set()  # warned once each, see plan_aggregation
 
@@ -43,10 +48,38 @@ class NonLocalBase(nn.Module):
     def affinity_budget_mb(self, value) -> None:
         self._affinity_budget_mb = check_budget_mb(type(self).__name__, value)
 
-    def plan_aggregation(self, kind: str, q, k, v, triton: bool = False) -> PathChoice:
+    @property
+    def has_triton_kernels(self) -> bool:
+        """Whether this block's aggregation has Triton kernels (blocks that build none: False)."""
+        return False
+
+    @property
+    def use_triton(self) -> bool:
+        return self._use_triton
+
+    @use_triton.setter
+    def use_triton(self, value) -> None:
+        name = type(self).__name__
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}: use_triton={value!r} must be True or False")
+        if value and not self.has_triton_kernels:
+            raise ValueError(
+                f"{name}: use_triton=True, but this block has no pairwise aggregation to run in "
+                "Triton; allowed for NonLocalBlock (all instantiations but 'dot_product') and "
+                "DisentangledNonLocalBlock"
+            )
+        self._use_triton = value
+
+    def plan_aggregation(self, kind: str, q, k, v) -> PathChoice:
         """The policy's path for this block's aggregation (recorded in ``last_path``)."""
         self.last_path = plan_aggregation(
-            kind, q, k, v, self.affinity_budget_mb, warned=self._unmet_budgets, triton=triton
+            kind,
+            q,
+            k,
+            v,
+            self.affinity_budget_mb,
+            warned=self._unmet_budgets,
+            triton=self.use_triton,
         )
         return self.last_path
 

@@ -100,6 +100,10 @@ class DisentangledNonLocalBlock(NonLocalBase):
             return pooled_shape(self.dim, spatial_shape)
         return super().key_shape(spatial_shape)
 
+    @property
+    def has_triton_kernels(self) -> bool:
+        return True
+
     def _embed(self, x: torch.Tensor):
         """Centred theta [B, N, C'], centred phi [B, M, C'] and softmax_j(u_j) [B, M]."""
         theta = flatten_positions(self.theta(x))

@@ -51,12 +51,8 @@ class NonLocalBlock(NonLocalBase):
     Fast paths: dot product uses theta (phi^T g) / M; the softmax forms and concatenation take the
     path :mod:`.attention_policy` names for the device, dtype and ``affinity_budget_mb`` (fused
     attention kernel, kept affinity or chunked recomputation; sorted key terms or chunked
-    broadcast). Set ``explicit = True`` to build the affinity with autograd instead.
-
-    Attributes:
-        use_triton (bool): "concatenation" only: sum with nl_detectron's Triton kernels (CUDA;
-            nothing N x M stored, so ``affinity_budget_mb`` plays no part). Default False: opt-in
-            until timed on GPUs (docs/attention_paths.md).
+    broadcast; or, with ``use_triton``, nl_detectron's Triton kernels). Set ``explicit = True`` to
+    build the affinity with autograd instead.
 
     Args:
         in_channels (int): C.
@@ -95,7 +91,6 @@ class NonLocalBlock(NonLocalBase):
         self.instantiation = instantiation
         self.sub_sample = sub_sample
         self.use_scale = use_scale
-        self._use_triton = False
 
         def embedding(pool: bool) -> nn.Module:
             conv = init_embedding_conv(conv_nd(dim, in_channels, inter_channels))
@@ -123,20 +118,8 @@ class NonLocalBlock(NonLocalBase):
             zero_output(self.out.conv, getattr(self.out, "norm", None))
 
     @property
-    def use_triton(self) -> bool:
-        return self._use_triton
-
-    @use_triton.setter
-    def use_triton(self, value) -> None:
-        name = type(self).__name__
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: use_triton={value!r} must be True or False")
-        if value and self.instantiation != "concatenation":
-            raise ValueError(
-                f"{name}: use_triton=True needs instantiation 'concatenation' (the one with "
-                f"Triton kernels), got {self.instantiation!r}"
-            )
-        self._use_triton = value
+    def has_triton_kernels(self) -> bool:
+        return self.instantiation != "dot_product"  # associative: nothing pairwise to run
 
     def key_shape(self, spatial_shape: Sequence[int]) -> Tuple[int, ...]:
         if self.sub_sample:
@@ -172,7 +155,7 @@ class NonLocalBlock(NonLocalBase):
             # [B, N, C'] @ ([B, C', M] @ [B, M, C']): O(N C'^2) instead of O(N M C').
             return torch.matmul(theta, torch.matmul(phi.transpose(1, 2), g)) / num_keys
         kind = CONCATENATION if self.instantiation == "concatenation" else SOFTMAX
-        plan = self.plan_aggregation(kind, theta, phi, g, triton=self.use_triton)
+        plan = self.plan_aggregation(kind, theta, phi, g)
         if kind == CONCATENATION:
             a, b = self._concat_terms(theta, phi)
             return concatenation_sum(a, b, g, plan) / num_keys

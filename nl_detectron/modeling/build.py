@@ -136,13 +136,14 @@ class NonLocalSettings:
             self.fail("affinity_budget_mb", budget, "None (the device's default) or MiB > 0")
         if not isinstance(self.use_triton, bool):
             self.fail("use_triton", self.use_triton, "True or False")
-        if self.use_triton and (self.type, self.instantiation) != ("nl", "concatenation"):
+        pairwise = self.type == "dnl" or (self.type == "nl" and self.instantiation != "dot_product")
+        if self.use_triton and not pairwise:
             self.fail(
                 "use_triton",
                 self.use_triton,
-                f"False, or True only with {self.key('type')} 'nl' and "
-                f"{self.key('instantiation')} 'concatenation' (the blocks with Triton kernels); "
-                f"got {self.type!r} / {self.instantiation!r}",
+                f"False, or True only for blocks with a pairwise aggregation: {self.key('type')} "
+                f"'dnl', or 'nl' with {self.key('instantiation')} other than 'dot_product'; got "
+                f"{self.type!r} / {self.instantiation!r}",
             )
         if not isinstance(self.dnl_temperature, numbers.Real) or not self.dnl_temperature > 0:
             self.fail("dnl_temperature", self.dnl_temperature, "a number > 0")
@@ -190,10 +191,9 @@ class NonLocalSettings:
             where: where the block goes, for error messages (e.g. "res4").
         """
         block = self._new_block(in_channels, where)
-        # A block attribute, not a constructor argument: it only picks a computation path.
+        # Block attributes, not constructor arguments: they only pick a computation path.
         block.affinity_budget_mb = self.affinity_budget_mb
-        if self.use_triton:
-            block.use_triton = True
+        block.use_triton = self.use_triton
         return block
 
     def _new_block(self, in_channels: int, where: str) -> nn.Module:

@@ -19,6 +19,7 @@ from nl_detectron.layers.attention_policy import (
     MIN_CHUNK_ROWS,
     SOFTMAX,
     SORTED_CONCAT,
+    TRITON,
     TRITON_CONCAT,
     AggregationCall,
     PathChoice,
@@ -174,6 +175,14 @@ ROWS = [
     ),
     ("concatenation traced: sorted", call("res3", kind=CONCATENATION, tracing=True), SORTED_CONCAT),
     ("concatenation on CUDA: chunked broadcast", call("res4", kind=CONCATENATION), CHUNKED_CONCAT),
+    ("asking for Triton on CUDA", call("res3", triton=True, budget_bytes=MiB), TRITON),
+    ("asking for Triton in bf16", call("res3", triton=True, dtype=torch.bfloat16), TRITON),
+    (
+        "asking for Triton, interpreted on the CPU",
+        call("res4", triton=True, device_type="cpu"),
+        TRITON,
+    ),
+    ("asking for Triton, traced: one SDPA call", call("res4", triton=True, tracing=True), FUSED),
     (
         "concatenation asking for Triton on CUDA",
         call("res3", kind=CONCATENATION, triton=True, budget_bytes=MiB),
@@ -242,10 +251,11 @@ def test_a_forward_alone_holds_one_chunk_and_gets_twice_the_rows():
     assert choose_path(inference).rows > 2 * choose_path(training).rows
 
 
-def test_triton_concatenation_holds_nothing_n_by_m():
-    facts = call("res3", kind=CONCATENATION, triton=True)
+@pytest.mark.parametrize("kind, path", [(SOFTMAX, TRITON), (CONCATENATION, TRITON_CONCAT)])
+def test_triton_paths_hold_nothing_n_by_m(kind, path):
+    facts = call("res3", kind=kind, triton=True)
     choice = choose_path(facts)
-    assert choice == PathChoice(TRITON_CONCAT, 16800)
+    assert choice == PathChoice(path, 16800)
     assert peak_bytes(facts, choice) == working_bytes(facts)
 
 

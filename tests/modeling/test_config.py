@@ -60,13 +60,10 @@ def test_missing_node_is_explained(make_cfg):
         (["AFFINITY_BUDGET_MB", "64"], r"MODEL\.NONLOCAL\.AFFINITY_BUDGET_MB='64'.*None"),
         (["USE_TRITON", 1], r"MODEL\.NONLOCAL\.USE_TRITON=1.*True or False"),
         (
-            ["USE_TRITON", True],
-            r"MODEL\.NONLOCAL\.USE_TRITON=True.*'concatenation'.*'embedded_gauss",
+            ["INSTANTIATION", "dot_product", "USE_TRITON", True],
+            r"USE_TRITON=True.*INSTANTIATION other than 'dot_product'; got 'nl' / 'dot_product'",
         ),
-        (
-            ["TYPE", "dnl", "INSTANTIATION", "concatenation", "USE_TRITON", True],
-            r"MODEL\.NONLOCAL\.USE_TRITON=True.*TYPE 'nl'.*got 'dnl' / 'concatenation'",
-        ),
+        (["TYPE", "snl", "USE_TRITON", True], r"MODEL\.NONLOCAL\.USE_TRITON=True.*got 'snl'"),
         (["GC_POOLING", "max"], r"MODEL\.NONLOCAL\.GC_POOLING='max'.*'attention', 'avg'"),
         (["GC_FUSIONS", ["channel_cat"]], r"MODEL\.NONLOCAL\.GC_FUSIONS=.*channel_add"),
         (

@@ -105,10 +105,11 @@ def test_config_and_keyword_doors_build_the_same_blocks():
     assert shapes == {k: v.shape for k, v in from_args.state_dict().items()}
 
 
-def test_use_triton_reaches_the_concatenation_blocks():
-    resnet = insert_nonlocal_blocks(_resnet18(), instantiation="concatenation", use_triton=True)
+@pytest.mark.parametrize("kwargs", [{}, {"instantiation": "concatenation"}, {"type": "dnl"}])
+def test_use_triton_reaches_the_blocks(kwargs):
+    resnet = insert_nonlocal_blocks(_resnet18(), use_triton=True, **kwargs)
     assert resnet.res4.nonlocal1.block.use_triton is True
-    assert insert_nonlocal_blocks(_resnet18()).res4.nonlocal1.block.use_triton is False
+    assert insert_nonlocal_blocks(_resnet18(), **kwargs).res4.nonlocal1.block.use_triton is False
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_use_triton_reaches_the_concatenation_blocks():
         ({"positions": [[0], [1]]}, r"positions=.*one list per entry of stages="),
         ({"affinity_budget_mb": 0}, r"affinity_budget_mb=0 is invalid; allowed: None .* > 0"),
         ({"use_triton": "yes"}, r"use_triton='yes' is invalid; allowed: True or False"),
-        ({"use_triton": True}, r"use_triton=True .* instantiation 'concatenation'"),
+        ({"type": "gc", "use_triton": True}, r"use_triton=True .* got 'gc'"),
         ({"reduction": 1024}, r"reduction=1024.*1\.\.256 for the 256-channel block at res4"),
     ],
 )  # fmt: skip

@@ -1,0 +1,38 @@
+"""What the Triton tests share: where the kernels run, tolerances, float64 comparisons.
+
+Without a GPU the kernels run in Triton's interpreter (tests/conftest.py), which checks their
+indexing, masking and arithmetic; test_triton_compile.py builds them for GPUs. With a GPU they
+run compiled on it and carry the ``cuda`` mark (``pytest -m cuda``).
+"""
+
+import pytest
+import torch
+
+from nl_detectron.layers.triton_support import triton_runs_on
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The module-level mark of every Triton test file.
+MARKS = [
+    pytest.mark.skipif(not triton_runs_on(DEVICE), reason=f"Triton cannot run on {DEVICE} here"),
+    *([pytest.mark.cuda] if DEVICE == "cuda" else []),
+]
+# Relative to the reference's largest entry: bf16 and fp16 round the tiles they multiply to 8
+# and 11 bits.
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def values_and_grads(fn, inputs, cotangent):
+    """[fn(*inputs), d(fn . cotangent)/d input for each input]."""
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    out = fn(*inputs)
+    grads = torch.autograd.grad((out.to(cotangent.dtype) * cotangent).sum(), inputs)
+    return [out, *grads]
+
+
+def assert_close(actual, expected, tol, floor=1e-12):
+    """Each max |actual - expected| within ``tol`` of max |expected| (at least ``floor``)."""
+    for got, want in zip(actual, expected):
+        scale = want.abs().max().clamp_min(floor)
+        error = (got.cpu().double() - want.cpu()).abs().max() / scale
+        assert error < tol, f"relative error {error:.3g} >= {tol:g}"
