@@ -32,7 +32,7 @@ def test_kernels_match_float64(shape, dtype):
         return TritonReluPairSum.apply(a, b, v)
 
     inputs = (a.float(), b.float(), v.to(dtype))
-    actual = values_and_grads(triton_sum, [t.to(DEVICE) for t in inputs], cotangent.to(DEVICE))
+    actual = values_and_grads(triton_sum, [t.to(DEVICE) for t in inputs], cotangent)
     assert actual[0].dtype == dtype and actual[3].dtype == dtype
     assert actual[1].dtype == actual[2].dtype == torch.float32
     assert_close(actual, expected, TOL[dtype])
@@ -46,7 +46,7 @@ def test_relu_derivative_is_zero_where_a_plus_b_is_zero():
     cotangent = torch.randn(1, 5, 4, dtype=torch.float64)
     expected = values_and_grads(_reference, (a, b, v), cotangent)
     inputs = [a.float().to(DEVICE), b.float().to(DEVICE), v.float().to(DEVICE)]
-    actual = values_and_grads(TritonReluPairSum.apply, inputs, cotangent.to(DEVICE))
+    actual = values_and_grads(TritonReluPairSum.apply, inputs, cotangent)
     assert_close(actual, expected, 1e-6)
 
 

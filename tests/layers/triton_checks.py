@@ -23,9 +23,11 @@ DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16
 
 
 def values_and_grads(fn, inputs, cotangent):
-    """[fn(*inputs), d(fn . cotangent)/d input for each input]."""
+    """[fn(*inputs), d(fn . cotangent)/d input for each input]; the cotangent goes to fn's
+    device."""
     inputs = [t.detach().requires_grad_() for t in inputs]
     out = fn(*inputs)
+    cotangent = cotangent.to(out.device)
     grads = torch.autograd.grad((out.to(cotangent.dtype) * cotangent).sum(), inputs)
     return [out, *grads]
 
