@@ -9,8 +9,8 @@ Widths: the logits are summed over D in BLOCK_W-wide column blocks, so D is unbo
 output (O and dV, E wide; dQ and dK, D wide) is split into BLOCK_W-wide column blocks across
 programs, and each of those programs forms its logits (and dO V^T) on its own. That keeps the
 accumulators small for widths up to 1024 at the price of repeating the logits product once per
-column block: for D = E <= BLOCK_W a training step costs nine N x M x D products (the explicit
-formula six, plus its N x M tensors), for D = E = 4 BLOCK_W about 27.
+column block: for D = E <= BLOCK_W (64-256) a training step costs nine N x M x D products (the
+explicit formula six, plus its N x M tensors), for D = E = 4 BLOCK_W about 27.
 
 Products run in the inputs' dtype (fp16/bf16 on tensor cores; fp32 in TF32 when torch allows
 TF32 matmuls, else in full fp32) with fp32 accumulation and softmax statistics.
@@ -37,17 +37,20 @@ if triton is not None:
 # Launch configurations the autotuner times on CUDA (triton_support says how they are written;
 # not yet tuned on hardware). All compile for sm_80 and sm_90 within their shared memory in every
 # dtype (tests/layers/test_triton_compile.py).
+# 256-wide columns take res3's embedded Gaussian and DNL (D = E = 256) without a column split.
 FORWARD_CONFIGS = (
     (64, 64, 64, 4, 2),
     (128, 64, 64, 8, 2),
     (64, 32, 128, 4, 2),
     (128, 32, 128, 8, 2),
+    (64, 32, 256, 8, 2),
 )
 BACKWARD_CONFIGS = (
     (64, 64, 64, 4, 2),
     (32, 64, 64, 4, 2),
     (64, 32, 128, 8, 2),
     (32, 32, 128, 4, 2),
+    (32, 32, 256, 8, 2),
 )
 
 if triton is not None:

@@ -9,10 +9,16 @@ import sys
 
 import pytest
 
+from nl_detectron.layers.triton_relu_pair_sum import PAIR_DOT_CONFIGS, PRODUCT_CONFIGS
+from nl_detectron.layers.triton_softmax_attention import BACKWARD_CONFIGS, FORWARD_CONFIGS
+
 pytest.importorskip("triton")
 
+# The launch configurations of every kernel, once each.
+CONFIGS = PRODUCT_CONFIGS + PAIR_DOT_CONFIGS + FORWARD_CONFIGS + 2 * BACKWARD_CONFIGS
+
 # Run in a fresh process without TRITON_INTERPRET (the kernels must be built compiled): prints
-# [kernel, dtype, ieee, BLOCK_N, BLOCK_M, BLOCK_E, shared bytes] per case as JSON.
+# [kernel, dtype, constexpr values, shared bytes] per case as JSON.
 _COMPILE = r"""
 import itertools, json, sys
 import triton
@@ -82,8 +88,8 @@ def test_every_launch_configuration_compiles_for_the_gpus(tmp_path):
         stdout, stderr = run.communicate(timeout=900)
         assert run.returncode == 0, stderr[-3000:]
         results = json.loads(stdout.strip().splitlines()[-1])
-        # 4 configurations x (fp32 in full precision and TF32, bf16, fp16) per kernel; the
-        # backward of K and V also with and without dK
-        assert len(results) == 4 * 4 * (2 + 1 + 2 + 1)
+        # every configuration in fp32 (full precision and TF32), bf16 and fp16; the backward of
+        # K and V also with and without dK
+        assert len(results) == 4 * (len(CONFIGS) + len(BACKWARD_CONFIGS))
         too_big = [r for r in results if r[-1] > SHARED_LIMITS[capability]]
         assert not too_big, (capability, too_big)
