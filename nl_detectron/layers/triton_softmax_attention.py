@@ -10,7 +10,7 @@ output (O and dV, E wide; dQ and dK, D wide) is split into BLOCK_W-wide column b
 programs, and each of those programs forms its logits (and dO V^T) on its own. That keeps the
 accumulators small for widths up to 1024 at the price of repeating the logits product once per
 column block: for D = E <= BLOCK_W (64-256) a training step costs nine N x M x D products (the
-explicit formula six, plus its N x M tensors), for D = E = 4 BLOCK_W about 27.
+explicit formula six, plus its N x M tensors), and with s column blocks 5 s + 4.
 
 Products run in the inputs' dtype (fp16/bf16 on tensor cores; fp32 in TF32 when torch allows
 TF32 matmuls, else in full fp32) with fp32 accumulation and softmax statistics.
