@@ -24,6 +24,7 @@ from .triton_support import (
     load_tile,
     load_vector,
     on_device,
+    row_dots,
     store_tile,
     tile_product,
     triton,
@@ -106,12 +107,10 @@ if triton is not None:
         for start in range(0, M, BLOCK_M):
             keys = start + tl.arange(0, BLOCK_M)
             y = load_vector(y_ptr + batch * M, keys, M)
-            dots = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-            for col in range(0, E, BLOCK_W):
-                cols = col + tl.arange(0, BLOCK_W)
-                p = load_tile(p_ptr + batch * N * E, rows, cols, N, E)
-                q = load_tile(q_ptr + batch * M * E, keys, cols, M, E)
-                dots = tile_product(p, tl.trans(q), dots, IEEE)
+            dots = row_dots(
+                p_ptr + batch * N * E, q_ptr + batch * M * E, rows, keys, N, M, E, IEEE,
+                BLOCK_N, BLOCK_M, BLOCK_W,
+            )  # fmt: skip
             # Keys past M have q = 0, hence dots = 0 there.
             total += tl.sum(tl.where(x[:, None] + y[None, :] > 0.0, dots, 0.0), axis=1)
         tl.store(out_ptr + batch * N + rows, total, mask=rows < N)

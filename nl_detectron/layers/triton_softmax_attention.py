@@ -26,6 +26,7 @@ from .triton_support import (
     load_tile,
     load_vector,
     on_device,
+    row_dots,
     store_tile,
     tile_product,
     triton,
@@ -56,30 +57,6 @@ BACKWARD_CONFIGS = (
 if triton is not None:
 
     @triton.jit
-    def _row_dots(
-        a_base,
-        b_base,
-        rows,
-        keys,
-        N,
-        M,
-        W,
-        IEEE: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_W: tl.constexpr,
-    ):
-        """[BLOCK_N, BLOCK_M] fp32 tile of A B^T for the contiguous A [N, W] and B [M, W] at
-        the bases, summed over W in BLOCK_W-wide blocks (rows and keys outside give 0)."""
-        dots = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for col in range(0, W, BLOCK_W):
-            cols = col + tl.arange(0, BLOCK_W)
-            a = load_tile(a_base, rows, cols, N, W)
-            b = load_tile(b_base, keys, cols, M, W)
-            dots = tile_product(a, tl.trans(b), dots, IEEE)
-        return dots
-
-    @triton.jit
     def _attention_forward_kernel(
         q_ptr,
         k_ptr,
@@ -107,7 +84,7 @@ if triton is not None:
         acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
         for start in range(0, M, BLOCK_M):
             keys = start + tl.arange(0, BLOCK_M)
-            logits = _row_dots(q_base, k_base, rows, keys, N, M, D, IEEE, BLOCK_N, BLOCK_M, BLOCK_W)
+            logits = row_dots(q_base, k_base, rows, keys, N, M, D, IEEE, BLOCK_N, BLOCK_M, BLOCK_W)
             logits = tl.where(keys[None, :] < M, logits, float("-inf"))
             new_top = tl.maximum(top, tl.max(logits, axis=1))  # finite: each block has a key
             rescale = tl.exp(top - new_top)
@@ -137,7 +114,7 @@ if triton is not None:
     ):
         """The tile P = exp(Q K^T - L) [BLOCK_N, BLOCK_M] of the forward's softmax, zero outside
         the map; ``lse`` holds L of ``rows``."""
-        logits = _row_dots(q_base, k_base, rows, keys, N, M, D, IEEE, BLOCK_N, BLOCK_M, BLOCK_W)
+        logits = row_dots(q_base, k_base, rows, keys, N, M, D, IEEE, BLOCK_N, BLOCK_M, BLOCK_W)
         inside = (rows[:, None] < N) & (keys[None, :] < M)
         return tl.where(inside, tl.exp(logits - lse[:, None]), 0.0)
 
@@ -182,7 +159,7 @@ if triton is not None:
                 acc_v = tile_product(tl.trans(p.to(grad_out.dtype)), grad_out, acc_v, IEEE)
             if WITH_KEYS:
                 if first_col < D:
-                    grad_p = _row_dots(
+                    grad_p = row_dots(
                         grad_out_base, v_base, rows, keys, N, M, E, IEEE, BLOCK_N, BLOCK_M, BLOCK_W
                     )
                     delta = load_vector(delta_ptr + batch * N, rows, N)
@@ -226,7 +203,7 @@ if triton is not None:
             p = _probabilities(
                 q_base, k_base, lse, rows, keys, N, M, D, IEEE, BLOCK_N, BLOCK_M, BLOCK_W
             )
-            grad_p = _row_dots(
+            grad_p = row_dots(
                 grad_out_base, v_base, rows, keys, N, M, E, IEEE, BLOCK_N, BLOCK_M, BLOCK_W
             )
             grad_s = p * (grad_p - delta[:, None])

@@ -78,6 +78,30 @@ if triton is not None:
         """Entries ``index`` of the fp32 vector at ``base`` of ``length``, zero past its end."""
         return tl.load(base + index, mask=index < length, other=0.0)
 
+    @triton.jit
+    def row_dots(
+        a_base,
+        b_base,
+        rows,
+        keys,
+        N,
+        M,
+        W,
+        IEEE: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_W: tl.constexpr,
+    ):
+        """[BLOCK_N, BLOCK_M] fp32 tile of A B^T for the contiguous A [N, W] and B [M, W] at
+        the bases, summed over W in BLOCK_W-wide blocks (rows and keys outside give 0)."""
+        dots = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for col in range(0, W, BLOCK_W):
+            cols = col + tl.arange(0, BLOCK_W)
+            a = load_tile(a_base, rows, cols, N, W)
+            b = load_tile(b_base, keys, cols, M, W)
+            dots = tile_product(a, tl.trans(b), dots, IEEE)
+        return dots
+
     def autotuned(kernel, configs, key):
         """``kernel`` timed over ``configs`` once per value of the ``key`` arguments and dtypes
         (map sizes change with every image size and stay out of it); the interpreter's
