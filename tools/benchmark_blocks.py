@@ -19,8 +19,11 @@ forward (no grad) and forward+backward wall times, their ratio, and the peak ext
   small input.
 - "paths": each NL/DNL variant forced onto every path it can take (fused / kept / chunked /
   triton, or sorted / chunked_concat / triton_concat; the Triton ones on CUDA; chunks sized by
-  the budget), forward+backward against the explicit block: the figures the path policy's table
-  is set from.
+  the budget; ``--paths`` picks some), forward+backward against the explicit block: the figures
+  the path policy's table is set from. Each row also gives the first call's time (where Triton
+  compiles and autotunes its kernels, once per widths and dtype) and the largest difference of
+  the aggregated context y (what the output transform receives) from the explicit block's,
+  relative to its largest entry.
 
 Each row names the path the fast run took (``block.last_path``: fused / kept / chunked with its
 rows per chunk / triton / sorted / chunked_concat / triton_concat; "associative" for dot product
@@ -44,6 +47,7 @@ GEMMs) and the rate the embedded-Gaussian core (4 B N M C' flops) reaches, as a 
 
 Usage: python tools/benchmark_blocks.py [--device cpu|cuda] [--dtype fp32 tf32 bf16 fp16]
     [--budget-mb MiB] [--stages res3 res4] [--tables block core paths] [--variants "DNL" ...]
+    [--paths kept triton ...]
     [--repeats 1] [--warmup 1] [--threads 2]
 Explicit res3 needs several GB (N x N = 16800^2 floats per sample); a full CPU run takes many
 minutes. The stage "tiny" (2 x 64 x 12 x 10) is a quick check of the script itself. The
@@ -397,6 +401,7 @@ PATH_VARIANTS = {
     "DNL": (FUSED, KEPT, CHUNKED, TRITON),
     "NL concatenation": (SORTED_CONCAT, CHUNKED_CONCAT, TRITON_CONCAT),
 }
+ALL_PATHS = sorted({path for paths in PATH_VARIANTS.values() for path in paths})
 
 
 @contextlib.contextmanager
@@ -418,39 +423,77 @@ def forced_path(path):
         attention.choose_path = chooses
 
 
-def path_table(stages, variants, settings):
-    """Whole blocks forced onto each path they can take, forward+backward, against explicit:
-    the figures a change of the policy's table would be made from."""
+def path_table(stages, variants, paths, settings):
+    """Whole blocks forced onto each of ``paths`` they can take, forward+backward, against
+    explicit: the figures a change of the policy's table would be made from. Also the first
+    call's time (Triton compiles and autotunes its kernels there, once per widths and dtype) and
+    how far the aggregated context y lies from the explicit block's, relative to its largest
+    entry (the same dtype on both sides)."""
     unit = settings.unit
     head = (
         f"| stage | dtype | variant | path | fwd+bwd {unit} | fwd+bwd explicit {unit} "
-        "| speed-up | peak MB | peak MB explicit |"
+        "| speed-up | first call s | peak MB | peak MB explicit | max rel. diff |"
     )
     print_table_header("Whole blocks on each path (forced), forward+backward", settings, head)
     device = settings.device
     for stage in stages:
         batch, channels, height, width = STAGES[stage]
         x = torch.randn(batch, channels, height, width, device=device)
-        for name, paths in PATH_VARIANTS.items():
-            if name not in variants:
+        for name, variant_paths in PATH_VARIANTS.items():
+            chosen = [p for p in variant_paths if p in paths and path_runs_on(p, device)]
+            if name not in variants or not chosen:
                 continue
             block = _training_block(name, channels, settings)
             block.explicit = True
             explicit = _best(run_block(block, x, True), settings)
+            reference = _aggregation(block, x, settings)
             block.explicit = False
-            for path in paths:
-                if path in (TRITON, TRITON_CONCAT) and not triton_runs_on(device.type):
-                    continue  # CUDA only (the CPU under Triton's interpreter)
+            for path in chosen:
                 with forced_path(path):
+                    first = _first_call_seconds(run_block(block, x, True), settings)
                     fast = _best(run_block(block, x, True), settings)
+                    diff = _relative_diff(_aggregation(block, x, settings), reference)
                 print(
                     f"| {stage} | {settings.dtype_name} | {name} | {path_name(block)} "
                     f"| {fast[0]:.3g} | {explicit[0]:.3g} | {explicit[0] / fast[0]:.3g}x "
-                    f"| {fast[1]:.0f} | {explicit[1]:.0f} |",
+                    f"| {first:.3g} | {fast[1]:.0f} | {explicit[1]:.0f} | {diff:.2g} |",
                     flush=True,
                 )
-            del block
+            del block, reference
     print(f"load average after: {_load()}", flush=True)
+
+
+def path_runs_on(path, device):
+    """Whether ``path`` can run on ``device``: the Triton ones on CUDA (or in the interpreter)."""
+    return path not in (TRITON, TRITON_CONCAT) or triton_runs_on(device.type)
+
+
+def _aggregation(block, x, settings):
+    """y, the aggregated context the block's output transform receives, in fp32, computed
+    without autograd under the table's precision."""
+    captured = []
+    hook = block.out.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
+    try:
+        with torch.no_grad(), precision(settings.device, settings.dtype_name):
+            block(x)
+    finally:
+        hook.remove()
+    return captured[0]
+
+
+def _relative_diff(actual, expected):
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+
+
+def _first_call_seconds(fn, settings):
+    """Seconds of one call of ``fn`` (synchronised on CUDA) under the table's precision."""
+    sync = torch.cuda.synchronize if settings.device.type == "cuda" else (lambda: None)
+    with precision(settings.device, settings.dtype_name):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+    return time.perf_counter() - start
 
 
 def _best(fn, settings):
@@ -543,6 +586,15 @@ def argument_parser():
         metavar="NAME",
         help=f"rows to measure (default all): {', '.join(map(repr, VARIANTS))}",
     )
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=ALL_PATHS,
+        default=None,
+        metavar="PATH",
+        help="paths table: the paths to force (default every one the device can run): "
+        + ", ".join(ALL_PATHS),
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--dtype",
@@ -574,6 +626,26 @@ def check_arguments(args):
         raise ValueError(f"--budget-mb={args.budget_mb} must be > 0 MiB (omit it for the default)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here (allowed: --device cpu)")
+    if args.paths is not None:
+        if "paths" not in args.tables:
+            raise ValueError(
+                f"--paths {' '.join(args.paths)} selects rows of the paths table: "
+                "add 'paths' to --tables"
+            )
+        device = torch.device(args.device)
+        cannot = [path for path in args.paths if not path_runs_on(path, device)]
+        if cannot:
+            raise ValueError(
+                f"--paths {' '.join(cannot)}: Triton cannot run on {args.device} here "
+                "(CUDA with triton installed, or TRITON_INTERPRET=1)"
+            )
+        taken = {n: sorted(set(p) & set(args.paths)) for n, p in PATH_VARIANTS.items()}
+        if not any(taken[name] for name in args.variants if name in taken):
+            offers = "; ".join(f"{n}: {', '.join(p)}" for n, p in PATH_VARIANTS.items())
+            raise ValueError(
+                f"--paths {' '.join(args.paths)}: no variant of --variants takes any of them "
+                f"(paths per variant: {offers})"
+            )
     if args.device == "cpu" and "tf32" in args.dtype:
         raise ValueError("--dtype tf32 needs --device cuda (TF32 is a CUDA matmul mode)")
 
@@ -605,7 +677,7 @@ def main(argv=None):
         if "core" in args.tables:
             core_table(args.stages, args.variants, settings)
         if "paths" in args.tables:
-            path_table(args.stages, args.variants, settings)
+            path_table(args.stages, args.variants, args.paths or ALL_PATHS, settings)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,18 @@ def test_paths_table_forces_every_path_of_every_variant(load_tool, capsys):
     assert "chunked (120 rows)" in {r[3] for r in rows}  # the whole tiny map is one chunk
     for row in rows:
         assert row[6].endswith("x") and float(row[6][:-1]) > 0
+        assert float(row[7]) > 0  # first call, seconds
+        # every path's y in fp32 equals the explicit block's up to rounding
+        assert float(row[10].rstrip(" |")) < 1e-5, row
     assert tool.attention.choose_path is choose_path  # the policy is restored afterwards
+
+
+def test_paths_option_picks_the_forced_paths(load_tool, capsys):
+    tool = load_tool("benchmark_blocks")
+    argv = ["--stages", "tiny", "--tables", "paths", "--threads", "1", "--paths", "kept", "sorted"]
+    tool.main(argv + ["--variants", "DNL", "NL concatenation", "NL dot_product"])
+    rows = _rows(capsys.readouterr().out)
+    assert [(r[2], r[3]) for r in rows] == [("DNL", "kept"), ("NL concatenation", "sorted")]
 
 
 @pytest.mark.parametrize(
@@ -58,9 +69,22 @@ def test_paths_table_forces_every_path_of_every_variant(load_tool, capsys):
         (["--repeats", "0"], "--repeats=0"),
         (["--budget-mb", "-1"], "--budget-mb=-1.0"),
         (["--dtype", "tf32"], "--dtype tf32 needs --device cuda"),
+        (["--paths", "kept"], "--paths kept selects rows of the paths table"),
+        (
+            ["--tables", "paths", "--paths", "sorted", "--variants", "DNL"],
+            "--paths sorted: no variant of --variants takes any of them .*DNL: fused, kept",
+        ),
     ],
 )
 def test_bad_arguments(load_tool, argv, message):
     tool = load_tool("benchmark_blocks")
     with pytest.raises(ValueError, match=message):
         tool.main(["--stages", "tiny"] + argv)
+
+
+def test_triton_paths_need_a_device_that_runs_them(load_tool, monkeypatch):
+    tool = load_tool("benchmark_blocks")
+    monkeypatch.setattr(tool, "triton_runs_on", lambda device_type: False)
+    argv = ["--stages", "tiny", "--tables", "paths", "--paths", "kept", "triton"]
+    with pytest.raises(ValueError, match="--paths triton: Triton cannot run on cpu here"):
+        tool.main(argv)
