@@ -3,9 +3,23 @@
 
 import pytest
 import torch
-from triton_checks import DEVICE, DTYPE_IDS, MARKS, TOL, assert_close, values_and_grads
+from triton_checks import (
+    COMPILED_ONLY,
+    DEVICE,
+    DTYPE_IDS,
+    MARKS,
+    TOL,
+    assert_close,
+    one_launch_configuration,
+    values_and_grads,
+)
 
-from nl_detectron.layers.triton_relu_pair_sum import TritonReluPairSum
+from nl_detectron.layers import triton_relu_pair_sum as pair
+from nl_detectron.layers.triton_relu_pair_sum import (
+    PAIR_DOT_CONFIGS,
+    PRODUCT_CONFIGS,
+    TritonReluPairSum,
+)
 
 pytestmark = MARKS
 
@@ -14,13 +28,7 @@ def _reference(a, b, v):
     return torch.relu(a.unsqueeze(2) + b.unsqueeze(1)) @ v
 
 
-@pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
-@pytest.mark.parametrize(
-    "shape",
-    [(2, 70, 45, 40), (1, 5, 1, 3), (1, 33, 97, 70)],
-    ids=["blocks-and-remainders", "one-key", "several-column-blocks"],
-)
-def test_kernels_match_float64(shape, dtype):
+def _check_against_float64(shape, dtype):
     batch, n, m, e = shape
     torch.manual_seed(0)
     a, b = torch.randn(batch, n, dtype=torch.float64), torch.randn(batch, m, dtype=torch.float64)
@@ -36,6 +44,25 @@ def test_kernels_match_float64(shape, dtype):
     assert actual[0].dtype == dtype and actual[3].dtype == dtype
     assert actual[1].dtype == actual[2].dtype == torch.float32
     assert_close(actual, expected, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 70, 45, 40), (1, 5, 1, 3), (1, 33, 97, 70)],
+    ids=["blocks-and-remainders", "one-key", "several-column-blocks"],
+)
+def test_kernels_match_float64(shape, dtype):
+    _check_against_float64(shape, dtype)
+
+
+@COMPILED_ONLY
+@pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("index", range(max(len(PRODUCT_CONFIGS), len(PAIR_DOT_CONFIGS))))
+def test_every_launch_configuration_matches_float64(index, dtype):
+    # Values wider than the widest column block (128), map sizes off every block size.
+    with one_launch_configuration(index, pair._relu_pair_product, pair._masked_pair_dot):
+        _check_against_float64((2, 150, 130, 300), dtype)
 
 
 def test_relu_derivative_is_zero_where_a_plus_b_is_zero():

@@ -4,9 +4,23 @@ the interpreter's blocks are 32 wide)."""
 
 import pytest
 import torch
-from triton_checks import DEVICE, DTYPE_IDS, MARKS, TOL, assert_close, values_and_grads
+from triton_checks import (
+    COMPILED_ONLY,
+    DEVICE,
+    DTYPE_IDS,
+    MARKS,
+    TOL,
+    assert_close,
+    one_launch_configuration,
+    values_and_grads,
+)
 
-from nl_detectron.layers.triton_softmax_attention import TritonSoftmaxAttention
+from nl_detectron.layers import triton_softmax_attention as attn
+from nl_detectron.layers.triton_softmax_attention import (
+    BACKWARD_CONFIGS,
+    FORWARD_CONFIGS,
+    TritonSoftmaxAttention,
+)
 
 pytestmark = MARKS
 
@@ -21,13 +35,7 @@ def _inputs(batch, n, m, d, e, seed=0):
     return [torch.randn(shape, dtype=torch.float64) for shape in shapes]
 
 
-@pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
-@pytest.mark.parametrize(
-    "shape",
-    [(2, 37, 29, 24, 40), (1, 40, 70, 70, 20), (2, 33, 33, 32, 32)],
-    ids=["remainders-wide-values", "wide-keys-several-column-blocks", "exact-blocks"],
-)
-def test_kernels_match_float64(shape, dtype):
+def _check_against_float64(shape, dtype):
     q, k, v, cotangent = _inputs(*shape)
     scale = shape[3] ** -0.5
 
@@ -39,6 +47,26 @@ def test_kernels_match_float64(shape, dtype):
     actual = values_and_grads(attention, inputs, cotangent)
     assert all(t.dtype == dtype for t in actual)
     assert_close(actual, expected, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 37, 29, 24, 40), (1, 40, 70, 70, 20), (2, 33, 33, 32, 32)],
+    ids=["remainders-wide-values", "wide-keys-several-column-blocks", "exact-blocks"],
+)
+def test_kernels_match_float64(shape, dtype):
+    _check_against_float64(shape, dtype)
+
+
+@COMPILED_ONLY
+@pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
+@pytest.mark.parametrize("index", range(max(len(FORWARD_CONFIGS), len(BACKWARD_CONFIGS))))
+def test_every_launch_configuration_matches_float64(index, dtype):
+    # Widths over the widest column block (256) and map sizes off every block size.
+    kernels = attn._attention_forward, attn._attention_backward_kv, attn._attention_backward_q
+    with one_launch_configuration(index, *kernels):
+        _check_against_float64((2, 150, 130, 300, 260), dtype)
 
 
 def test_shared_keys_sum_both_gradients():

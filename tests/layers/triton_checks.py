@@ -5,10 +5,12 @@ indexing, masking and arithmetic; test_triton_compile.py builds them for GPUs. W
 run compiled on it and carry the ``cuda`` mark (``pytest -m cuda``).
 """
 
+import contextlib
+
 import pytest
 import torch
 
-from nl_detectron.layers.triton_support import triton_runs_on
+from nl_detectron.layers.triton_support import INTERPRETED, triton_runs_on
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The module-level mark of every Triton test file.
@@ -20,6 +22,11 @@ MARKS = [
 # and 11 bits.
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Where the kernels are compiled (a GPU), each launch configuration can be run on its own; the
+# interpreter runs one fixed block size of its own.
+COMPILED_ONLY = pytest.mark.skipif(
+    INTERPRETED, reason="the interpreter runs its own block sizes, not the launch configurations"
+)
 
 
 def values_and_grads(fn, inputs, cotangent):
@@ -38,3 +45,17 @@ def assert_close(actual, expected, tol, floor=1e-12):
         scale = want.abs().max().clamp_min(floor)
         error = (got.cpu().double() - want.cpu()).abs().max() / scale
         assert error < tol, f"relative error {error:.3g} >= {tol:g}"
+
+
+@contextlib.contextmanager
+def one_launch_configuration(index, *kernels):
+    """The autotuned ``kernels`` each restricted to entry ``index`` (modulo its length) of their
+    launch configurations: launches run that configuration, untimed."""
+    saved = [(kernel.configs, kernel.cache) for kernel in kernels]
+    for kernel in kernels:
+        kernel.configs, kernel.cache = [kernel.configs[index % len(kernel.configs)]], {}
+    try:
+        yield
+    finally:
+        for kernel, (configs, cache) in zip(kernels, saved):
+            kernel.configs, kernel.cache = configs, cache
