@@ -1,5 +1,6 @@
-"""The package imports beside detectron2, exposes its version, explains a missing detectron2, and
-builds a wheel that carries the configs and accepts numpy 2."""
+"""The package imports beside detectron2, exposes its version, explains a missing detectron2,
+works without triton (CPU-only torch builds lack it), and builds a wheel that carries the configs
+and accepts numpy 2."""
 
 import os
 import re
@@ -55,6 +56,29 @@ def test_missing_detectron2_raises_helpful_import_error():
     assert "detectron2" in message
     assert "scripts/ensure_env.sh" in message
     assert "pip install" in message
+
+
+def test_works_without_triton_and_says_so_when_asked_for_its_kernels():
+    # As above, a None entry makes `import triton` fail: torch's CPU-only builds come without it.
+    code = (
+        "import sys\n"
+        "sys.modules['triton'] = None\n"
+        "import torch\n"
+        "import nl_detectron.modeling\n"
+        "from nl_detectron import NonLocalBlock\n"
+        "block = NonLocalBlock(8, norm='')\n"
+        "x = torch.randn(1, 8, 4, 5)\n"
+        "assert block(x).shape == x.shape\n"
+        "block.use_triton = True\n"
+        "try:\n"
+        "    block(x)\n"
+        "except ValueError as e:\n"
+        "    print('VALUE-ERROR:', e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert "VALUE-ERROR: use_triton=True: the Triton kernels need the triton package" in out.stdout
 
 
 @pytest.fixture(scope="module")

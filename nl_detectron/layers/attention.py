@@ -32,7 +32,7 @@ from .attention_policy import (
 from .triton_relu_pair_sum import TritonReluPairSum
 from .triton_softmax_attention import TritonSoftmaxAttention
 from .triton_support import DTYPES as TRITON_DTYPES
-from .triton_support import triton_runs_on
+from .triton_support import triton_needs, triton_runs_on
 
 
 def flatten_positions(t: torch.Tensor) -> torch.Tensor:
@@ -64,8 +64,8 @@ def plan_aggregation(
     triton = triton and not tracing  # a trace records the portable path
     if triton and not triton_runs_on(device.type):
         raise ValueError(
-            f"use_triton=True: the Triton kernels run on CUDA devices (or under "
-            f"TRITON_INTERPRET=1, for tests), not on {device.type!r} tensors without it"
+            f"use_triton=True: the Triton kernels need {triton_needs()}; got {device.type!r} "
+            "tensors"
         )
     if triton and dtype not in TRITON_DTYPES:
         raise ValueError(f"use_triton=True: compute dtype {dtype} is not one of {TRITON_DTYPES}")

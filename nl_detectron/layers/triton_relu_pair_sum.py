@@ -16,22 +16,19 @@ step (the explicit formula takes three, and writes and rereads N x M tensors).
 
 import torch
 
-from .triton_support import (
-    autotuned,
-    check_dtypes,
-    ieee,
-    launch_sizes,
-    load_tile,
-    load_vector,
-    on_device,
-    row_dots,
-    store_tile,
-    tile_product,
-    triton,
-)
+from .triton_support import autotuned, check_dtypes, ieee, launch_sizes, on_device, triton
 
-if triton is not None:
+if triton is not None:  # the package imports without triton; its kernels need it
     import triton.language as tl
+
+    from .triton_support import (
+        jit_for_any_map_size,
+        load_tile,
+        load_vector,
+        row_dots,
+        store_tile,
+        tile_product,
+    )
 
 # Launch configurations the autotuner times on CUDA (triton_support says how they are written;
 # not yet tuned on hardware). All compile for sm_80 and sm_90 within their shared memory
@@ -51,7 +48,7 @@ PAIR_DOT_CONFIGS = (
 
 if triton is not None:
 
-    @triton.jit
+    @jit_for_any_map_size
     def _relu_pair_product_kernel(
         x_ptr,
         y_ptr,
@@ -83,7 +80,7 @@ if triton is not None:
             acc = tile_product(r, w, acc, IEEE)
         store_tile(out_ptr + batch * N * E, acc, rows, cols, N, E)
 
-    @triton.jit
+    @jit_for_any_map_size
     def _masked_pair_dot_kernel(
         x_ptr,
         y_ptr,

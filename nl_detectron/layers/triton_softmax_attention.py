@@ -18,22 +18,19 @@ TF32 matmuls, else in full fp32) with fp32 accumulation and softmax statistics.
 
 import torch
 
-from .triton_support import (
-    autotuned,
-    check_dtypes,
-    ieee,
-    launch_sizes,
-    load_tile,
-    load_vector,
-    on_device,
-    row_dots,
-    store_tile,
-    tile_product,
-    triton,
-)
+from .triton_support import autotuned, check_dtypes, ieee, launch_sizes, on_device, triton
 
-if triton is not None:
+if triton is not None:  # the package imports without triton; its kernels need it
     import triton.language as tl
+
+    from .triton_support import (
+        jit_for_any_map_size,
+        load_tile,
+        load_vector,
+        row_dots,
+        store_tile,
+        tile_product,
+    )
 
 # Launch configurations the autotuner times on CUDA (triton_support says how they are written;
 # not yet tuned on hardware). All compile for sm_80 and sm_90 within their shared memory in every
@@ -56,7 +53,7 @@ BACKWARD_CONFIGS = (
 
 if triton is not None:
 
-    @triton.jit
+    @jit_for_any_map_size
     def _attention_forward_kernel(
         q_ptr,
         k_ptr,
@@ -118,7 +115,7 @@ if triton is not None:
         inside = (rows[:, None] < N) & (keys[None, :] < M)
         return tl.where(inside, tl.exp(logits - lse[:, None]), 0.0)
 
-    @triton.jit
+    @jit_for_any_map_size
     def _attention_backward_kv_kernel(
         q_ptr,
         k_ptr,
@@ -170,7 +167,7 @@ if triton is not None:
         if WITH_KEYS:
             store_tile(grad_k_ptr + batch * M * D, acc_k, keys, cols, M, D)
 
-    @triton.jit
+    @jit_for_any_map_size
     def _attention_backward_q_kernel(
         q_ptr,
         k_ptr,

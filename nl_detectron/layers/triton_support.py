@@ -44,10 +44,22 @@ def triton_runs_on(device_type: str) -> bool:
     return INTERPRETED or device_type == "cuda"
 
 
+def triton_needs() -> str:
+    """What the kernels need to run, for error messages."""
+    if triton is None:
+        return "the triton package, which this Python lacks (torch's CUDA builds ship it)"
+    return "a CUDA device (or TRITON_INTERPRET=1, for tests)"
+
+
 if triton is not None:
     # Triton's interpreter multiplies bf16 tiles wrongly (it reads their bits as another type):
     # there they are multiplied in fp32, which checks everything else the kernels do with bf16.
     _INTERPRETER_BF16_IN_FP32 = tl.constexpr(INTERPRETED)
+
+    # Kernels taking map sizes N and M: not specialised on them, since they change with every
+    # image size (compiles follow launch configurations, widths and dtypes alone; tile loads
+    # keep the alignment that the widths D and E give their offsets).
+    jit_for_any_map_size = triton.jit(do_not_specialize=["N", "M"])
 
     @triton.jit
     def tile_product(x, y, acc, IEEE: tl.constexpr):
@@ -102,21 +114,22 @@ if triton is not None:
             dots = tile_product(a, tl.trans(b), dots, IEEE)
         return dots
 
-    def autotuned(kernel, configs, key):
-        """``kernel`` timed over ``configs`` once per value of the ``key`` arguments and dtypes
-        (map sizes change with every image size and stay out of it); the interpreter's
-        ``kernel`` as it is."""
-        if INTERPRETED:
-            return kernel
-        return triton.autotune(
-            configs=[
-                triton.Config(
-                    {"BLOCK_N": n, "BLOCK_M": m, "BLOCK_W": w}, num_warps=warps, num_stages=stages
-                )
-                for n, m, w, warps, stages in configs
-            ],
-            key=list(key),
-        )(kernel)
+
+def autotuned(kernel, configs, key):
+    """``kernel`` timed over ``configs`` once per value of the ``key`` arguments and dtypes
+    (map sizes change with every image size and stay out of it); the interpreter's
+    ``kernel`` as it is."""
+    if INTERPRETED:
+        return kernel
+    return triton.autotune(
+        configs=[
+            triton.Config(
+                {"BLOCK_N": n, "BLOCK_M": m, "BLOCK_W": w}, num_warps=warps, num_stages=stages
+            )
+            for n, m, w, warps, stages in configs
+        ],
+        key=list(key),
+    )(kernel)
 
 
 def launch_sizes() -> dict:
