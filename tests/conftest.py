@@ -1,10 +1,28 @@
 """Session-wide test set-up."""
 
 import os
+from importlib import metadata
 
+import numpy
 import torch
 
-# Without a GPU the Triton kernels run in Triton's interpreter. It is chosen when the kernels are
-# built, at the first import of nl_detectron.layers, which comes after this file.
-if not torch.cuda.is_available():
+
+def _version(text):
+    return tuple(int(part) for part in text.split(".")[:2])
+
+
+def _triton_interpreter_works() -> bool:
+    """Whether Triton's interpreter can run here: Triton <= 3.6 reads loop bounds with int() of
+    a one-element array, which numpy >= 2.5 refuses (fixed in Triton 3.7)."""
+    try:
+        triton_version = _version(metadata.version("triton"))
+    except metadata.PackageNotFoundError:
+        return False
+    return triton_version >= (3, 7) or _version(numpy.__version__) < (2, 5)
+
+
+# Without a GPU the Triton kernels run in Triton's interpreter where it works (else their tests
+# skip). It is chosen when the kernels are built, at the first import of nl_detectron.layers,
+# which comes after this file.
+if not torch.cuda.is_available() and _triton_interpreter_works():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -15,7 +15,11 @@ from nl_detectron.layers.triton_support import INTERPRETED, triton_runs_on
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The module-level mark of every Triton test file.
 MARKS = [
-    pytest.mark.skipif(not triton_runs_on(DEVICE), reason=f"Triton cannot run on {DEVICE} here"),
+    pytest.mark.skipif(
+        not triton_runs_on(DEVICE),
+        reason=f"Triton cannot run on {DEVICE} here (no triton package, or on the CPU no "
+        "working interpreter: tests/conftest.py)",
+    ),
     *([pytest.mark.cuda] if DEVICE == "cuda" else []),
 ]
 # Relative to the reference's largest entry: bf16 and fp16 round the tiles they multiply to 8

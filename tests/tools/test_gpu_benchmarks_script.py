@@ -25,6 +25,7 @@ def test_every_step_is_a_command_the_tools_accept(tmp_path, load_tool, monkeypat
     assert len(steps) == 10  # goals 6, paths 2, triton 2
     blocks, model = load_tool("benchmark_blocks"), load_tool("benchmark_model")
     monkeypatch.setattr(blocks.torch.cuda, "is_available", lambda: True)  # as on the GPU
+    monkeypatch.setattr(blocks, "triton_runs_on", lambda device_type: device_type == "cuda")
     forced = []
     for python, *argv in steps:
         assert python == sys.executable
