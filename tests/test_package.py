@@ -36,11 +36,17 @@ def test_imports_beside_detectron2():
     assert os.path.dirname(nl_detectron.__file__) == os.path.join(REPO_ROOT, "nl_detectron")
 
 
+def _run_without(module, code):
+    """``code`` run by this Python in a fresh process where ``import module`` fails as if it were
+    not installed (a None entry in sys.modules does that)."""
+    script = f"import sys\nsys.modules[{module!r}] = None\n{code}"
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+
+
 def test_missing_detectron2_raises_helpful_import_error():
-    # A None entry in sys.modules makes `import detectron2` raise ImportError, as if it were absent.
     code = (
-        "import sys\n"
-        "sys.modules['detectron2'] = None\n"
         "try:\n"
         "    import nl_detectron\n"
         "except ImportError as e:\n"
@@ -48,9 +54,7 @@ def test_missing_detectron2_raises_helpful_import_error():
         "else:\n"
         "    print('IMPORTED')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    )
+    out = _run_without("detectron2", code)
     assert "IMPORT-ERROR:" in out.stdout, out.stdout + out.stderr
     message = out.stdout
     assert "detectron2" in message
@@ -59,10 +63,8 @@ def test_missing_detectron2_raises_helpful_import_error():
 
 
 def test_works_without_triton_and_says_so_when_asked_for_its_kernels():
-    # As above, a None entry makes `import triton` fail: torch's CPU-only builds come without it.
+    # torch's CPU-only builds come without triton.
     code = (
-        "import sys\n"
-        "sys.modules['triton'] = None\n"
         "import torch\n"
         "import nl_detectron.modeling\n"
         "from nl_detectron import NonLocalBlock\n"
@@ -75,9 +77,7 @@ def test_works_without_triton_and_says_so_when_asked_for_its_kernels():
         "except ValueError as e:\n"
         "    print('VALUE-ERROR:', e)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    )
+    out = _run_without("triton", code)
     assert "VALUE-ERROR: use_triton=True: the Triton kernels need the triton package" in out.stdout
 
 

@@ -4,12 +4,12 @@
 import pytest
 import torch
 from triton_checks import (
-    COMPILED_ONLY,
     DEVICE,
     DTYPE_IDS,
     MARKS,
     TOL,
     assert_close,
+    for_each_launch_configuration,
     one_launch_configuration,
     values_and_grads,
 )
@@ -56,9 +56,7 @@ def test_kernels_match_float64(shape, dtype):
     _check_against_float64(shape, dtype)
 
 
-@COMPILED_ONLY
-@pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("index", range(max(len(PRODUCT_CONFIGS), len(PAIR_DOT_CONFIGS))))
+@for_each_launch_configuration(PRODUCT_CONFIGS, PAIR_DOT_CONFIGS)
 def test_every_launch_configuration_matches_float64(index, dtype):
     # Values wider than the widest column block (128), map sizes off every block size.
     with one_launch_configuration(index, pair._relu_pair_product, pair._masked_pair_dot):

@@ -5,12 +5,12 @@ the interpreter's blocks are 32 wide)."""
 import pytest
 import torch
 from triton_checks import (
-    COMPILED_ONLY,
     DEVICE,
     DTYPE_IDS,
     MARKS,
     TOL,
     assert_close,
+    for_each_launch_configuration,
     one_launch_configuration,
     values_and_grads,
 )
@@ -59,9 +59,7 @@ def test_kernels_match_float64(shape, dtype):
     _check_against_float64(shape, dtype)
 
 
-@COMPILED_ONLY
-@pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)
-@pytest.mark.parametrize("index", range(max(len(FORWARD_CONFIGS), len(BACKWARD_CONFIGS))))
+@for_each_launch_configuration(FORWARD_CONFIGS, BACKWARD_CONFIGS)
 def test_every_launch_configuration_matches_float64(index, dtype):
     # Widths over the widest column block (256) and map sizes off every block size.
     kernels = attn._attention_forward, attn._attention_backward_kv, attn._attention_backward_q

@@ -26,11 +26,6 @@ MARKS = [
 # and 11 bits.
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-# Where the kernels are compiled (a GPU), each launch configuration can be run on its own; the
-# interpreter runs one fixed block size of its own.
-COMPILED_ONLY = pytest.mark.skipif(
-    INTERPRETED, reason="the interpreter runs its own block sizes, not the launch configurations"
-)
 
 
 def values_and_grads(fn, inputs, cotangent):
@@ -49,6 +44,20 @@ def assert_close(actual, expected, tol, floor=1e-12):
         scale = want.abs().max().clamp_min(floor)
         error = (got.cpu().double() - want.cpu()).abs().max() / scale
         assert error < tol, f"relative error {error:.3g} >= {tol:g}"
+
+
+def for_each_launch_configuration(*config_lists):
+    """Runs the decorated test(index, dtype) once per dtype and per index into ``config_lists``
+    (see :func:`one_launch_configuration`), where the kernels are compiled (a GPU): the
+    interpreter runs one block size of its own."""
+
+    def decorate(test):
+        test = pytest.mark.parametrize("dtype", list(TOL), ids=DTYPE_IDS.get)(test)
+        test = pytest.mark.parametrize("index", range(max(map(len, config_lists))))(test)
+        reason = "the interpreter runs its own block sizes, not the launch configurations"
+        return pytest.mark.skipif(INTERPRETED, reason=reason)(test)
+
+    return decorate
 
 
 @contextlib.contextmanager
