@@ -113,6 +113,9 @@ VARIANTS = {
 
 def measure_cpu(fn):
     """Run ``fn`` once under the memory profiler; return (seconds, peak extra bytes)."""
+    # Kineto otherwise writes two log lines per profiled call to stderr (and, on a machine
+    # without a GPU, an error about the device count); a user's own setting wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     gc.collect()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         start = time.perf_counter()

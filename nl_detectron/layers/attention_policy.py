@@ -221,7 +221,7 @@ def check_budget_mb(owner: str, budget_mb) -> Optional[float]:
 
 
 def default_budget_mb(device: torch.device) -> float:
-    """The budget used when none is set: 1/16 of a CUDA device's memory, else 320 MiB."""
+    """The budget used when none is set: 1/16 of a CUDA device's memory, else 512 MiB."""
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         return total * CUDA_DEFAULT_BUDGET_FRACTION / 2**20
