@@ -56,6 +56,11 @@ def add_nonlocal_config(cfg):
     # in nl_detectron's Triton kernels on CUDA: nothing N x M stored, AFFINITY_BUDGET_MB unused.
     # Opt-in: correct on every test, not yet timed on a GPU (docs/attention_paths.md).
     _C.MODEL.NONLOCAL.USE_TRITON = False
+    # Iterations between records of the blocks' health during training (tools/train_net.py's
+    # BlockHealthMonitor: gate, share, entropy, diversity, path into metrics.json), on the
+    # iterations detectron2's writers log (every 20); 0 = off. At 20 it costs under 0.1% of an
+    # iteration (docs/tools.md).
+    _C.MODEL.NONLOCAL.MONITOR_PERIOD = 20
     # Softmax temperature of the disentangled pairwise term ("dnl").
     _C.MODEL.NONLOCAL.DNL_TEMPERATURE = 0.05
     # Number of terms of the spectral graph filter, >= 2 ("snl").
@@ -69,3 +74,12 @@ def add_nonlocal_config(cfg):
     # 1-based indices of the convs of NonLocalKRCNNConvDeconvUpsampleHead after which a block is
     # inserted (same block settings as above); the paper puts 4 in the 8-conv head, one every 2.
     _C.MODEL.NONLOCAL.KEYPOINT_HEAD_POSITIONS = [2, 4, 6, 8]
+    # Learning-rate factor of every parameter of the blocks (backbone and keypoint head): they
+    # train at SOLVER.BASE_LR times it, times detectron2's own factors (SOLVER.BIAS_LR_FACTOR for
+    # biases). Read by tools/train_net.py's optimizer (nl_detectron.engine).
+    _C.MODEL.NONLOCAL.LR_MULTIPLIER = 1.0
+    # Weight decay of the blocks' parameters. None: the solver's rules (SOLVER.WEIGHT_DECAY,
+    # SOLVER.WEIGHT_DECAY_NORM for norm parameters, SOLVER.WEIGHT_DECAY_BIAS for biases). A
+    # number: that decay for every parameter of the blocks, the scale of the norm that gates
+    # each block included (decay pulls that zero-initialised gate back towards 0, shut).
+    _C.MODEL.NONLOCAL.WEIGHT_DECAY = None

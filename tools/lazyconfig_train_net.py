@@ -43,7 +43,10 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.registry import locate
 
 from nl_detectron.data import missing_datasets, prepare_datasets
+from nl_detectron.engine import BlockHealthMonitor, BlockTrainingChecks
+from nl_detectron.engine.block_health import DEFAULT_PERIOD
 from nl_detectron.evaluation import FastCOCOEvaluator
+from nl_detectron.modeling.build import check_monitor_period
 
 logger = logging.getLogger("nl_detectron")
 
@@ -99,13 +102,20 @@ def do_train(args, cfg):
     )
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     main_process = comm.is_main_process()
+    # Iterations between block-health records (docs/tools.md); 0 = off.
+    health_period = check_monitor_period(
+        cfg.train.get("block_health_period", DEFAULT_PERIOD), "train.block_health_period"
+    )
     trainer.register_hooks(
         [
+            BlockTrainingChecks(cfg.dataloader.train.total_batch_size),
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if main_process
             else None,
+            # Before the hooks that run forward passes or write: see tools/train_net.py.
+            BlockHealthMonitor(model, health_period) if health_period else None,
             hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model)),
             hooks.PeriodicWriter(
                 default_writers(cfg.train.output_dir, cfg.train.max_iter),

@@ -23,13 +23,27 @@ import detectron2.engine.defaults as d2_defaults
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (
+    DefaultTrainer,
+    default_argument_parser,
+    default_setup,
+    hooks,
+    launch,
+)
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from nl_detectron import add_nonlocal_config
 from nl_detectron.data import missing_datasets, prepare_datasets
+from nl_detectron.engine import (
+    BlockHealthMonitor,
+    BlockTrainingChecks,
+    build_nonlocal_optimizer,
+    check_training_config,
+)
 from nl_detectron.evaluation import FastCOCOEvaluator
+from nl_detectron.modeling.build import check_monitor_period
 
 # The config that runs anywhere: it trains on the generated nl_shapes dataset.
 BUILTIN_DATA_CONFIG = "configs/quick_schedules/mask_rcnn_nl_R18_kp_quick.yaml"
@@ -55,6 +69,26 @@ class Trainer(DefaultTrainer):
         cpu_ddp = cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1
         with _cpu_ddp() if cpu_ddp else contextlib.nullcontext():
             super().__init__(cfg)
+        # Warns once, before the first iteration, about blocks that will not train as intended.
+        self.register_hooks([BlockTrainingChecks(self.cfg.SOLVER.IMS_PER_BATCH)])
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD, with MODEL.NONLOCAL.LR_MULTIPLIER and WEIGHT_DECAY for the blocks."""
+        return build_nonlocal_optimizer(cfg, model)
+
+    def build_hooks(self):
+        """detectron2's hooks and, with MODEL.NONLOCAL.MONITOR_PERIOD > 0, the block-health
+        monitor before the first hook that runs forward passes or writes (PreciseBN, EvalHook,
+        PeriodicWriter): it stops recording before they run, and the writer writes its values
+        the same iteration."""
+        ret = super().build_hooks()
+        period = check_monitor_period(self.cfg.MODEL.NONLOCAL.MONITOR_PERIOD)
+        if period:
+            later = (hooks.PreciseBN, hooks.EvalHook, hooks.PeriodicWriter)
+            index = next((i for i, h in enumerate(ret) if isinstance(h, later)), len(ret))
+            ret.insert(index, BlockHealthMonitor(self.model, period))
+        return ret
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -109,6 +143,8 @@ def setup(args):
     cfg = load_config(args)
     cfg.freeze()
     default_setup(cfg, args)
+    # Also log this package's messages (inserted blocks, block health).
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="nl_detectron")
     return cfg
 
 
@@ -133,8 +169,12 @@ def main(args):
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    # Checked before any process starts, so a missing dataset gives one message, not N tracebacks.
-    check_datasets(load_config(args), args.config_file)
+    # Checked before any process starts, so a bad setting or a missing dataset gives one message,
+    # not N tracebacks.
+    cfg = load_config(args)
+    if not args.eval_only:
+        check_training_config(cfg)
+    check_datasets(cfg, args.config_file)
     launch(
         main,
         args.num_gpus,

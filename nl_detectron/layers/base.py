@@ -1,12 +1,22 @@
-"""Behaviour shared by all context blocks: input and query checks, the explicit-affinity switch."""
+"""Behaviour shared by all context blocks: input and query checks, the explicit-affinity switch,
+health recording."""
 
-from typing import Callable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import nn
 
 from .attention import plan_aggregation
 from .attention_policy import PathChoice, check_budget_mb
+from .health import (
+    DEFAULT_HEALTH_QUERIES,
+    BlockHealth,
+    PendingHealth,
+    relative_change,
+    rms,
+    row_statistics,
+    sample_queries,
+)
 
 
 class NonLocalBase(nn.Module):
@@ -27,6 +37,12 @@ class NonLocalBase(nn.Module):
             on GPUs (docs/attention_paths.md).
         last_path (PathChoice or None): the path the last fast forward took, for benchmarks and
             checks (None before the first, and for blocks with a single path).
+        record_health (bool): when True, every forward in training mode stores its statistics
+            in ``last_health`` (:mod:`nl_detectron.layers.health`). Default False: no extra work.
+        health_queries (int): most query rows sampled for the attention statistics (64).
+        last_health (BlockHealth or None): the last recording forward's statistics (None before
+            one; assign None to clear). Read lazily: the forward keeps a small tensor and syncs
+            nothing.
     """
 
     def __init__(self, in_channels: int, dim: int):
@@ -39,6 +55,9 @@ class NonLocalBase(nn.Module):
         self._use_triton = False
         self.last_path: Optional[PathChoice] = None
         self._unmet_budgets: Set[tuple] = set()  # warned once each, see plan_aggregation
+        self.record_health = False
+        self._health_queries = DEFAULT_HEALTH_QUERIES
+        self._health: Union[BlockHealth, PendingHealth, None] = None
 
     @property
     def affinity_budget_mb(self) -> Optional[float]:
@@ -70,8 +89,9 @@ class NonLocalBase(nn.Module):
             )
         self._use_triton = value
 
-    def plan_aggregation(self, kind: str, q, k, v) -> PathChoice:
-        """The policy's path for this block's aggregation (recorded in ``last_path``)."""
+    def plan_aggregation(self, kind: str, q, k, v, unary: bool = False) -> PathChoice:
+        """The policy's path for this block's aggregation (recorded in ``last_path``); ``unary``:
+        DNL's unary term also sums v (see ``AggregationCall``)."""
         self.last_path = plan_aggregation(
             kind,
             q,
@@ -80,8 +100,71 @@ class NonLocalBase(nn.Module):
             self.affinity_budget_mb,
             warned=self._unmet_budgets,
             triton=self.use_triton,
+            unary=unary,
         )
         return self.last_path
+
+    @property
+    def health_queries(self) -> int:
+        return self._health_queries
+
+    @health_queries.setter
+    def health_queries(self, value) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(self).__name__}: health_queries={value!r} must be an int >= 1")
+        self._health_queries = value
+
+    def gate_weights(self) -> List[torch.Tensor]:
+        """The zero-initialised scale that gates the block's output (each block type says which)."""
+        raise NotImplementedError
+
+    def gate_rms(self) -> float:
+        """RMS of :meth:`gate_weights`: 0 while the block is the identity of its zero init."""
+        return float(rms(self.gate_weights()))
+
+    @property
+    def recording(self) -> bool:
+        """Whether this forward records its health: ``record_health`` in training mode."""
+        return self.record_health and self.training
+
+    @property
+    def last_health(self) -> Optional[BlockHealth]:
+        if isinstance(self._health, PendingHealth):
+            self._health = self._health.resolve()
+        return self._health
+
+    @last_health.setter
+    def last_health(self, value: Optional[BlockHealth]) -> None:
+        if value is not None and not isinstance(value, BlockHealth):
+            raise ValueError(f"{type(self).__name__}: last_health must be None or a BlockHealth")
+        self._health = value
+
+    def store_health(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor,
+        rows: Optional[Callable[[torch.Tensor], torch.Tensor]],
+        path: str,
+    ) -> None:
+        """Record ``last_health`` of a forward of input x [B, C, *S] (no grad).
+
+        Args:
+            delta: z - x, what the block adds to its input (any shape of x's size).
+            rows: maps sampled flat query positions [Q] of the first sample to their affinity
+                rows [Q, M] (non-negative), or None for a block without attention statistics.
+            path: the computation path the forward took.
+        """
+        if x.numel() == 0:
+            return  # nothing to measure (e.g. a head's block given no ROI)
+        num_positions = x.shape[2:].numel()
+        with torch.no_grad():
+            values = torch.stack([rms(self.gate_weights()), relative_change(delta, x)])
+            sampled = 0
+            if rows is not None:
+                queries = sample_queries(num_positions, self.health_queries, x.device)
+                values = torch.cat([values, row_statistics(rows(queries))])
+                sampled = queries.numel()
+        self._health = PendingHealth(values, path, sampled)
 
     def key_shape(self, spatial_shape: Sequence[int]) -> Tuple[int, ...]:
         """The grid of key positions (j) for an input of ``spatial_shape``."""

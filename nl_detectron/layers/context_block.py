@@ -2,13 +2,14 @@
 Networks and Beyond" (ICCVW 2019)."""
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import List, Sequence
 
 import torch
 from torch import nn
 
 from .base import NonLocalBase
 from .dims import check_channels, check_dim, conv_nd, zero_output
+from .health import EXPLICIT, POOLED
 
 POOLINGS = ("attention", "avg")
 FUSIONS = ("channel_add", "channel_mul")
@@ -120,12 +121,33 @@ class ContextBlock(NonLocalBase):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        batch, channels = x.shape[:2]
         weights = self._pool_weights(x)  # [B, M]
+        if self.explicit:
+            z = self._explicit_forward(x, weights)
+        else:
+            z = self._pooled_forward(x, weights)
+        if self.recording:
+            # Every query's row is the same pooling weights: one row stands for all (diversity 0).
+            rows = (lambda q: weights[:1]) if self.pooling == "attention" else None
+            path = EXPLICIT if self.explicit else POOLED
+            self.store_health(x, z.detach() - x.detach(), rows, path)
+        return z
+
+    def gate_weights(self) -> List[torch.Tensor]:
+        """The last conv of ``transform`` (of ``transform_mul`` without "channel_add")."""
+        transform = self.transform if "channel_add" in self.fusions else self.transform_mul
+        return [transform.conv2.weight]
+
+    def _pooled_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The fast form: one context [B, C, 1, ...] per sample, fused at every position."""
+        batch, channels = x.shape[:2]
         x_flat = x.flatten(2)  # [B, C, M]
-        if not self.explicit:
-            context = torch.matmul(x_flat, weights.unsqueeze(-1).to(x_flat.dtype))  # [B, C, 1]
-            return self._fuse(x, context.reshape(batch, channels, *([1] * self.dim)))
+        context = torch.matmul(x_flat, weights.unsqueeze(-1).to(x_flat.dtype))  # [B, C, 1]
+        return self._fuse(x, context.reshape(batch, channels, *([1] * self.dim)))
+
+    def _explicit_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        batch, channels = x.shape[:2]
+        x_flat = x.flatten(2)  # [B, C, M]
         # The simplified non-local form GCNet starts from: an N x M affinity whose rows are all
         # equal, one context per query position, transformed position by position.
         num = weights.shape[1]

@@ -130,3 +130,8 @@ def zero_output(conv: nn.Module, norm: Optional[nn.Module]) -> None:
             conv.weight.zero_()
             if conv.bias is not None:
                 conv.bias.zero_()
+
+
+def gate_weight(conv: nn.Module, norm: Optional[nn.Module]) -> torch.Tensor:
+    """The scale :func:`zero_output` zeroes: the norm's gamma, else the conv's weight."""
+    return norm.weight if norm is not None else conv.weight

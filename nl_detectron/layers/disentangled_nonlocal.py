@@ -1,7 +1,7 @@
 """The disentangled non-local block of Yin et al., "Disentangled Non-Local Neural Networks"
 (ECCV 2020)."""
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from .dims import (
     check_dim,
     check_norm,
     conv_nd,
+    gate_weight,
     init_embedding_conv,
     max_pool_nd,
     output_transform,
@@ -20,6 +21,7 @@ from .dims import (
     resolve_inter_channels,
     zero_output,
 )
+from .health import EXPLICIT
 
 
 class DisentangledNonLocalBlock(NonLocalBase):
@@ -123,7 +125,7 @@ class DisentangledNonLocalBlock(NonLocalBase):
     def _aggregate(self, theta, phi, g, unary) -> torch.Tensor:
         """y = A g [B, N, C']: the pairwise term on the policy's path plus the unary term
         sum_j softmax_j(u_j) g_j [B, 1, C'], the same for every query."""
-        plan = self.plan_aggregation(SOFTMAX, theta, phi, g)
+        plan = self.plan_aggregation(SOFTMAX, theta, phi, g, unary=True)
         y = softmax_attention(theta, phi, g, self.scale, plan)
         return y + torch.matmul(unary.unsqueeze(1).to(g.dtype), g)
 
@@ -144,4 +146,17 @@ class DisentangledNonLocalBlock(NonLocalBase):
         else:
             y = self._aggregate(theta, phi, g, unary)
         y = y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
-        return x + self.out(y)
+        out = self.out(y)
+        if self.recording:
+            # Rows sum to 2 (pairwise + unary softmax); the statistics normalise them.
+            self.store_health(
+                x,
+                out,
+                lambda q: self._affinity(theta[:1, q], phi[:1], unary[:1])[0],
+                EXPLICIT if self.explicit else self.last_path.path,
+            )
+        return x + out
+
+    def gate_weights(self) -> List[torch.Tensor]:
+        """The output norm's gamma, or the output conv's weight without a norm."""
+        return [gate_weight(self.out.conv, getattr(self.out, "norm", None))]

@@ -1,7 +1,7 @@
 """The non-local block of Wang et al., "Non-local Neural Networks" (CVPR 2018), 4 instantiations."""
 
 from collections import OrderedDict
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from .dims import (
     check_dim,
     check_norm,
     conv_nd,
+    gate_weight,
     init_embedding_conv,
     max_pool_nd,
     output_transform,
@@ -25,6 +26,7 @@ from .dims import (
     resolve_inter_channels,
     zero_output,
 )
+from .health import ASSOCIATIVE, EXPLICIT
 
 INSTANTIATIONS = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
 
@@ -180,4 +182,22 @@ class NonLocalBlock(NonLocalBase):
         else:
             y = self._aggregate(theta, phi, g)
         y = y.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:])
-        return x + self.out(y)
+        out = self.out(y)
+        if self.recording:
+            self._store_health(x, out, theta, phi)
+        return x + out
+
+    def gate_weights(self) -> List[torch.Tensor]:
+        """The output norm's gamma, or the output conv's weight without a norm."""
+        return [gate_weight(self.out.conv, getattr(self.out, "norm", None))]
+
+    def _store_health(self, x, out, theta, phi) -> None:
+        """``last_health`` from this forward's theta [B, N, D] and phi [B, M, D]; the dot
+        product's rows can be negative and get no attention statistics."""
+        dot_product = self.instantiation == "dot_product"
+        rows = None if dot_product else (lambda q: self._affinity(theta[:1, q], phi[:1])[0])
+        if self.explicit:
+            path = EXPLICIT
+        else:
+            path = ASSOCIATIVE if dot_product else self.last_path.path
+        self.store_health(x, out, rows, path)

@@ -1,7 +1,7 @@
 """The spectral non-local block of Zhu et al., "Unifying Nonlocal Blocks for Neural Networks"
 (ICCV 2021)."""
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from .dims import (
     resolve_inter_channels,
     zero_output,
 )
+from .health import ASSOCIATIVE, EXPLICIT
 
 
 def _swap_halves(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -155,4 +156,19 @@ class SpectralNonLocalBlock(NonLocalBase):
                 else:
                     z = self._propagate(tp, inv_sqrt, z)
             out = out + w(z.transpose(1, 2).reshape(x.shape[0], self.inter_channels, *x.shape[2:]))
-        return x + self.norm(out)
+        out = self.norm(out)
+        if self.recording:
+            # A's rows are >= 0 (T, P >= 0), so normalised they are distributions over positions.
+            self.store_health(
+                x,
+                out,
+                lambda q: self._normalised_rows(tp[:1], inv_sqrt[:1], q)[0],
+                EXPLICIT if self.explicit else ASSOCIATIVE,
+            )
+        return x + out
+
+    def gate_weights(self) -> List[torch.Tensor]:
+        """The shared norm's gamma, or every filter's weight w1 .. w{order} without a norm."""
+        if isinstance(self.norm, nn.Identity):
+            return [w.weight for w in self._filters()]
+        return [self.norm.weight]

@@ -26,6 +26,7 @@ from nl_detectron.layers import (
 __all__ = [
     "BLOCK_TYPES",
     "NonLocalSettings",
+    "check_monitor_period",
     "check_nonlocal_config",
     "build_nonlocal_block",
     "resolve_head_positions",
@@ -51,6 +52,10 @@ def _is_int(value) -> bool:
 
 def _is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_finite_nonnegative(value) -> bool:
+    return _is_real(value) and 0 <= value < math.inf
 
 
 def _is_sequence(value) -> bool:
@@ -86,6 +91,10 @@ class NonLocalSettings:
     gc_ratio: float
     gc_pooling: str
     gc_fusions: Sequence[str]
+    # Read by the optimizer (nl_detectron.engine), not by the splice: keyword callers that only
+    # place blocks leave them at their defaults.
+    lr_multiplier: float = 1.0
+    weight_decay: Optional[float] = None
     source: str = "config"
 
     @classmethod
@@ -163,6 +172,23 @@ class NonLocalSettings:
                 f"{self.key('gc_fusions')}=['channel_add']; or {self.key('zero_init')}=False."
             )
         self._check_placement()
+        self._check_optimizer()
+
+    def _check_optimizer(self):
+        if not _is_finite_nonnegative(self.lr_multiplier):
+            self.fail(
+                "lr_multiplier",
+                self.lr_multiplier,
+                "a finite real >= 0 (the blocks' learning rate is the solver's times it)",
+            )
+        decay = self.weight_decay
+        if decay is not None and not _is_finite_nonnegative(decay):
+            self.fail(
+                "weight_decay",
+                decay,
+                "None (the solver's weight decay rules) or a finite real >= 0 (for every "
+                "parameter of the blocks)",
+            )
 
     def _check_placement(self):
         if not _is_sequence(self.stages) or not all(isinstance(s, str) for s in self.stages):
@@ -303,6 +329,21 @@ def check_nonlocal_config(cfg) -> None:
         ValueError: naming the key, the bad value and what is allowed.
     """
     NonLocalSettings.from_config(cfg)
+    check_monitor_period(cfg.MODEL.NONLOCAL.MONITOR_PERIOD)
+
+
+def check_monitor_period(period, key: str = f"{_KEY}.MONITOR_PERIOD") -> int:
+    """
+    Iterations between block-health records (0: none), checked; ``key`` names it in the error.
+
+    Not a block setting (the splice never reads it): the training scripts' hook does.
+    """
+    if not _is_int(period) or period < 0:
+        raise ValueError(
+            f"{key}={period!r} is invalid; allowed: an integer >= 0 (iterations between "
+            "block-health records; 0 turns the monitor off)."
+        )
+    return int(period)
 
 
 def build_nonlocal_block(cfg, in_channels: int, *, where: str = "") -> nn.Module:

@@ -37,11 +37,14 @@ def test_quick_lazyconfig_trains_evaluates_and_reloads(datasets_root, tmp_path):
         f"train.output_dir={out}",
     )
     assert "Inserted 1 'nl' context block(s): bottom_up.res4.nonlocal1" in run.log
+    assert "BlockTrainingWarning" not in run.log  # GN block, no decay on its gate
     # It trained: every iteration logged a finite loss, and the final model has the NL block.
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = [json.loads(line) for line in f if "total_loss" in line]
     assert metrics[-1]["iteration"] == ITERS - 1
     assert all(math.isfinite(m["total_loss"]) for m in metrics)
+    # The block-health monitor is on by default (every 20 iterations, with the writers).
+    assert "nonlocal/res4.nonlocal1/gate" in metrics[-1]
     final = os.path.join(out, "model_final.pth")
     state = torch.load(final, map_location="cpu", weights_only=False)["model"]
     assert any(k.startswith("backbone.bottom_up.res4.nonlocal1.block.") for k in state)
@@ -58,3 +61,16 @@ def test_quick_lazyconfig_trains_evaluates_and_reloads(datasets_root, tmp_path):
     assert again.results.keys() == run.results.keys()
     for task, metrics in run.results.items():
         assert all(_same(v, again.results[task][k]) for k, v in metrics.items()), task
+
+
+@pytest.mark.slow
+def test_block_checks_warn_once_when_training_starts(datasets_root, tmp_path):
+    # BatchNorm in the block with the config's 2 images per iteration.
+    run = _run(
+        datasets_root, "train.max_iter=1", f"train.output_dir={tmp_path}", "model.backbone.norm=BN"
+    )
+    assert run.log.count("BlockTrainingWarning") == 1
+    assert (
+        "BlockTrainingWarning: Context block backbone.bottom_up.res4.nonlocal1.block: its "
+        "BatchNorm out.norm normalises over 2 image(s) per device"
+    ) in run.log

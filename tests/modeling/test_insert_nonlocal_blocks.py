@@ -44,8 +44,17 @@ def test_defaults_are_the_config_defaults():
     add_nonlocal_config(cfg)
     parameters = inspect.signature(insert_nonlocal_blocks).parameters
     arguments = {name: p.default for name, p in parameters.items() if name != "module"}
-    # The keypoint head and the builder are chosen elsewhere in a LazyConfig (the model's tree).
-    keys = set(cfg.MODEL.NONLOCAL) - {"KEYPOINT_HEAD_POSITIONS", "BACKBONE"}
+    # The keypoint head and the builder are chosen elsewhere in a LazyConfig (the model's tree),
+    # the blocks' lr and weight decay by the optimizer's get_nonlocal_optimizer_params, the
+    # health records by the training script's hook (train.block_health_period).
+    elsewhere = {
+        "KEYPOINT_HEAD_POSITIONS",
+        "BACKBONE",
+        "LR_MULTIPLIER",
+        "WEIGHT_DECAY",
+        "MONITOR_PERIOD",
+    }
+    keys = set(cfg.MODEL.NONLOCAL) - elsewhere
     assert {name.upper() for name in arguments} == keys
     for name, default in arguments.items():
         value = cfg.MODEL.NONLOCAL[name.upper()]
