@@ -19,11 +19,21 @@ forward (no grad) and forward+backward wall times, their ratio, and the peak ext
   small input.
 - "paths": each NL/DNL variant forced onto every path it can take (fused / kept / chunked /
   triton, or sorted / chunked_concat / triton_concat; the Triton ones on CUDA; chunks sized by
-  the budget; ``--paths`` picks some), forward+backward against the explicit block: the figures
-  the path policy's table is set from. Each row also gives the first call's time (where Triton
-  compiles and autotunes its kernels, once per widths and dtype) and the largest difference of
-  the aggregated context y (what the output transform receives) from the explicit block's,
-  relative to its largest entry.
+  the budget; ``--paths`` picks some; the Gaussian also ``efficient``, SDPA's memory-efficient
+  kernel with its value C/2 unpadded, a candidate the policy does not take yet), forward+backward
+  against the explicit block: the figures the path policy's table is set from. Each row also
+  gives the first call's time (where Triton compiles and autotunes its kernels, once per widths
+  and dtype), the largest difference of the aggregated context y (what the output transform
+  receives) from the explicit block's, relative to its largest entry, and the path the policy
+  itself takes for that block, dtype and budget.
+- "compile": each variant in training mode compiled with ``torch.compile`` (``--compile-backend``,
+  default inductor), forward+backward against the same block in eager mode on the policy's path,
+  their runs taken in turn: first the path the policy takes under compile, then each path of
+  ``--paths`` the variant can take (forced on the compiled block only; not the Triton ones, which a
+  trace never records). Each row gives the first
+  call's time (the compilation), how many graphs dynamo made and how many graph breaks it met,
+  and the largest difference of the compiled block's output from the eager one's, relative to its
+  largest entry.
 
 Each row names the path the fast run took (``block.last_path``: fused / kept / chunked with its
 rows per chunk / triton / sorted / chunked_concat / triton_concat; "associative" for dot product
@@ -40,23 +50,28 @@ Devices and dtypes (``--device``, ``--dtype``, several dtypes make one table eac
   ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus the bytes allocated
   before the call.
 Times are the best of ``--repeats``; memory the median. Inputs and parameters, allocated before,
-are not counted; the gradients of parameters and of the core tables' inputs are.
+are not counted; the gradients of parameters and of the core tables' inputs are. ``--json FILE``
+also appends every row to FILE as one JSON object per line (times in seconds, memory in MiB), for
+scripts/gpu_benchmarks.py's summary.
 
 On the CPU in fp32 the script also measures the machine's matrix-multiplication rate (square 2048
 GEMMs) and the rate the embedded-Gaussian core (4 B N M C' flops) reaches, as a fraction.
 
 Usage: python tools/benchmark_blocks.py [--device cpu|cuda] [--dtype fp32 tf32 bf16 fp16]
-    [--budget-mb MiB] [--stages res3 res4] [--tables block core paths] [--variants "DNL" ...]
-    [--paths kept triton ...]
-    [--repeats 1] [--warmup 1] [--threads 2]
+    [--budget-mb MiB] [--stages res3 res4] [--tables block core paths compile]
+    [--variants "DNL" ...] [--paths kept triton ...] [--compile-backend inductor|aot_eager|eager]
+    [--repeats 1] [--warmup 1] [--threads 2] [--json FILE]
 Explicit res3 needs several GB (N x N = 16800^2 floats per sample); a full CPU run takes many
-minutes. The stage "tiny" (2 x 64 x 12 x 10) is a quick check of the script itself. The
+minutes. The stage "small" (2 x 256 x 25 x 42: res4 of a 400x667 input at a quarter of its
+channels) is what a loaded CPU affords for the compile table; "tiny" (2 x 64 x 12 x 10) is a quick
+check of the script itself. The
 1/5/15-minute load average is printed before and after each table (the machine may be shared).
 """
 
 import argparse
 import contextlib
 import gc
+import json
 import os
 import statistics
 import sys
@@ -66,6 +81,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch._dynamo
+from torch._dynamo.utils import counters
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -80,6 +97,7 @@ from nl_detectron.layers.attention import softmax_attention
 from nl_detectron.layers.attention_policy import (
     CHUNKED,
     CHUNKED_CONCAT,
+    EFFICIENT,
     FUSED,
     KEPT,
     SORTED_CONCAT,
@@ -87,11 +105,18 @@ from nl_detectron.layers.attention_policy import (
     TRITON_CONCAT,
     PathChoice,
     budget_rows,
+    cuda_fp32_precision,
+    default_budget_mb,
 )
 from nl_detectron.layers.triton_support import triton_runs_on
 
 # (batch, channels, height, width) of the res4 / res3 feature maps of an 800x1333 input.
-STAGES = {"res4": (2, 1024, 50, 84), "res3": (2, 512, 100, 168), "tiny": (2, 64, 12, 10)}
+STAGES = {
+    "res4": (2, 1024, 50, 84),
+    "res3": (2, 512, 100, 168),
+    "small": (2, 256, 25, 42),
+    "tiny": (2, 64, 12, 10),
+}
 # name -> (tensor dtype of the products, TF32 allowed); bf16 / fp16 run under autocast.
 DTYPES = {
     "fp32": (torch.float32, False),
@@ -153,28 +178,10 @@ def precision(device, dtype_name):
     dtype, tf32 = DTYPES[dtype_name]
     with contextlib.ExitStack() as stack:
         if device.type == "cuda":
-            saved = _tf32_modes()
-            _set_tf32_modes(("tf32", "tf32") if tf32 else ("ieee", "ieee"))
-            stack.callback(_set_tf32_modes, saved)
+            stack.enter_context(cuda_fp32_precision(tf32))
         if dtype != torch.float32:
             stack.enter_context(torch.autocast(device.type, dtype=dtype))
         yield
-
-
-def _tf32_modes():
-    """(matmul, cuDNN conv) fp32 modes: torch >= 2.9's precision strings, else the old flags."""
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(matmul, "fp32_precision"):
-        return matmul.fp32_precision, conv.conv.fp32_precision
-    return matmul.allow_tf32, conv.allow_tf32
-
-
-def _set_tf32_modes(modes):
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(matmul, "fp32_precision"):
-        matmul.fp32_precision, conv.conv.fp32_precision = modes
-    else:
-        matmul.allow_tf32, conv.allow_tf32 = (mode in (True, "tf32") for mode in modes)
 
 
 def path_name(owner):
@@ -308,15 +315,36 @@ CORES = {
 class Settings:
     """Device, dtype, budget and repetitions of one table."""
 
-    def __init__(self, device, dtype_name, budget_mb, repeats, warmup):
+    def __init__(self, device, dtype_name, budget_mb, repeats, warmup, json_path=None):
         self.device = device
         self.dtype_name = dtype_name
         self.budget_mb = budget_mb
         self.repeats = repeats
         self.warmup = warmup
+        self.json_path = json_path
         on_cuda = device.type == "cuda"
+        self.device_name = torch.cuda.get_device_name(device) if on_cuda else "CPU"
         self.measure = measure_cuda if on_cuda else measure_cpu
         self.unit, self.scale = ("ms", 1e3) if on_cuda else ("s", 1.0)
+
+    def record(self, table, stage, variant, **figures):
+        """Append one row to ``--json`` (if given): times in the table's unit become seconds."""
+        if self.json_path is None:
+            return
+        row = {
+            "table": table,
+            "device": self.device.type,
+            "device_name": self.device_name,
+            "stage": stage,
+            "dtype": self.dtype_name,
+            "variant": variant,
+            "budget_mb": self.budget_mb,  # None: the device's default, which follows
+            "effective_budget_mb": self.budget_mb or default_budget_mb(self.device),
+        }
+        for name, value in figures.items():
+            row[name] = value / self.scale if name.endswith("_s") else value
+        with open(self.json_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def header(unit):
@@ -327,8 +355,8 @@ def header(unit):
     )
 
 
-def compare(stage, name, make_fn, owner, settings):
-    """Print one table row; ``make_fn(explicit, backward)`` returns the call to measure."""
+def compare(table, stage, name, make_fn, owner, settings):
+    """Print one row of ``table``; ``make_fn(explicit, backward)`` returns the call to measure."""
     results, path = {}, "-"
     for backward in (False, True):
         for explicit in (False, True):  # interleaved, so that load drifts hit both
@@ -343,6 +371,20 @@ def compare(stage, name, make_fn, owner, settings):
         f"| {both_x[0] / both[0]:.2f}x | {fwd[1]:.0f} / {both[1]:.0f} "
         f"| {fwd_x[1]:.0f} / {both_x[1]:.0f} |",
         flush=True,
+    )
+    settings.record(
+        table,
+        stage,
+        name,
+        path=path,
+        fwd_s=fwd[0],
+        fwd_explicit_s=fwd_x[0],
+        fwd_bwd_s=both[0],
+        fwd_bwd_explicit_s=both_x[0],
+        peak_mib_fwd=fwd[1],
+        peak_mib_fwd_bwd=both[1],
+        peak_mib_explicit_fwd=fwd_x[1],
+        peak_mib_explicit_fwd_bwd=both_x[1],
     )
 
 
@@ -368,22 +410,29 @@ def _training_block(name, channels, settings):
     return block
 
 
+def _stage_blocks(stages, variants, settings):
+    """(stage, input x, variant name, block in train mode) for each stage and each variant of
+    ``variants``, in the order of VARIANTS."""
+    for stage in stages:
+        batch, channels, height, width = STAGES[stage]
+        x = torch.randn(batch, channels, height, width, device=settings.device)
+        for name in VARIANTS:
+            if name in variants:
+                yield stage, x, name, _training_block(name, channels, settings)
+
+
 def block_table(stages, variants, settings):
     print_table_header("Whole blocks, fast path vs explicit = True", settings)
     device = settings.device
     for stage in stages:
         batch, channels, height, width = STAGES[stage]
-        x = torch.randn(batch, channels, height, width, device=device)
-        for name in VARIANTS:
-            if name not in variants:
-                continue
-            block = _training_block(name, channels, settings)
+        for _, x, name, block in _stage_blocks([stage], variants, settings):
 
             def make_fn(explicit, backward, block=block, x=x):
                 block.explicit = explicit
                 return run_block(block, x, backward)
 
-            compare(stage, name, make_fn, block, settings)
+            compare("block", stage, name, make_fn, block, settings)
             del block
         if device.type == "cpu" and settings.dtype_name == "fp32":
             repeats = max(settings.repeats, 1)
@@ -397,9 +446,11 @@ def block_table(stages, variants, settings):
     print(f"load average after: {_load()}", flush=True)
 
 
-# Variants with a choice of path, and the paths each can be forced onto.
+# Variants with a choice of path, and the paths each can be forced onto. ``efficient`` is the
+# Gaussian's candidate over its budget (its value narrower than its keys; the other softmax forms
+# reach the same kernel through ``fused`` where no flash kernel takes them).
 PATH_VARIANTS = {
-    "NL gaussian": (FUSED, KEPT, CHUNKED, TRITON),
+    "NL gaussian": (FUSED, KEPT, CHUNKED, TRITON, EFFICIENT),
     "NL embedded_gaussian": (FUSED, KEPT, CHUNKED, TRITON),
     "DNL": (FUSED, KEPT, CHUNKED, TRITON),
     "NL concatenation": (SORTED_CONCAT, CHUNKED_CONCAT, TRITON_CONCAT),
@@ -408,11 +459,14 @@ ALL_PATHS = sorted({path for paths in PATH_VARIANTS.values() for path in paths})
 
 
 @contextlib.contextmanager
-def forced_path(path):
-    """Every aggregation takes ``path``; chunked ones with the rows the budget allows."""
+def forced_path(path, compiled_only=False):
+    """Every aggregation takes ``path``; chunked ones with the rows the budget allows.
+    ``compiled_only``: only those traced or compiled, the others take the policy's path."""
     chooses = attention.choose_path
 
     def choose(call):
+        if compiled_only and not call.tracing:
+            return chooses(call)
         chunked = path in (CHUNKED, CHUNKED_CONCAT)
         return PathChoice(path, budget_rows(call) if chunked else call.num_queries)
 
@@ -429,13 +483,13 @@ def forced_path(path):
 def path_table(stages, variants, paths, settings):
     """Whole blocks forced onto each of ``paths`` they can take, forward+backward, against
     explicit: the figures a change of the policy's table would be made from. Also the first
-    call's time (Triton compiles and autotunes its kernels there, once per widths and dtype) and
+    call's time (Triton compiles and autotunes its kernels there, once per widths and dtype),
     how far the aggregated context y lies from the explicit block's, relative to its largest
-    entry (the same dtype on both sides)."""
+    entry (the same dtype on both sides), and the path the policy takes unforced."""
     unit = settings.unit
     head = (
         f"| stage | dtype | variant | path | fwd+bwd {unit} | fwd+bwd explicit {unit} "
-        "| speed-up | first call s | peak MB | peak MB explicit | max rel. diff |"
+        "| speed-up | first call s | peak MB | peak MB explicit | max rel. diff | policy's path |"
     )
     print_table_header("Whole blocks on each path (forced), forward+backward", settings, head)
     device = settings.device
@@ -451,18 +505,111 @@ def path_table(stages, variants, paths, settings):
             explicit = _best(run_block(block, x, True), settings)
             reference = _aggregation(block, x, settings)
             block.explicit = False
+            _first_call_seconds(run_block(block, x, True), settings)
+            policy = path_name(block)
             for path in chosen:
                 with forced_path(path):
                     first = _first_call_seconds(run_block(block, x, True), settings)
                     fast = _best(run_block(block, x, True), settings)
+                    taken = path_name(block)  # the training step's (rows differ without one)
                     diff = _relative_diff(_aggregation(block, x, settings), reference)
                 print(
-                    f"| {stage} | {settings.dtype_name} | {name} | {path_name(block)} "
+                    f"| {stage} | {settings.dtype_name} | {name} | {taken} "
                     f"| {fast[0]:.3g} | {explicit[0]:.3g} | {explicit[0] / fast[0]:.3g}x "
-                    f"| {first:.3g} | {fast[1]:.0f} | {explicit[1]:.0f} | {diff:.2g} |",
+                    f"| {first:.3g} | {fast[1]:.0f} | {explicit[1]:.0f} | {diff:.2g} "
+                    f"| {policy} |",
                     flush=True,
                 )
+                settings.record(
+                    "paths",
+                    stage,
+                    name,
+                    path=taken,
+                    forced=path,
+                    policy=policy,
+                    fwd_bwd_s=fast[0],
+                    fwd_bwd_explicit_s=explicit[0],
+                    first_call_seconds=first,
+                    peak_mib_fwd_bwd=fast[1],
+                    peak_mib_explicit_fwd_bwd=explicit[1],
+                    max_rel_diff=diff,
+                )
             del block, reference
+    print(f"load average after: {_load()}", flush=True)
+
+
+# Paths a compiled block can be forced onto: a trace records the portable path, never Triton.
+COMPILED_PATHS = tuple(p for p in ALL_PATHS if p not in (TRITON, TRITON_CONCAT))
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+def _compiled(block, backend):
+    """``block`` compiled afresh (dynamo's caches and counters cleared): graph breaks are counted,
+    not raised, so that a path that breaks is still timed."""
+    torch._dynamo.reset()
+    counters.clear()
+    return torch.compile(block, backend=backend)
+
+
+def _graphs_and_breaks():
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+def _output(block, x, settings):
+    """The block's output for an input that needs a gradient (as in the timed steps, so that a
+    compiled block runs the graph it compiled), without autograd's graph kept."""
+    with precision(settings.device, settings.dtype_name):
+        return block(x.detach().requires_grad_(True)).detach().float()
+
+
+def compile_table(stages, variants, paths, backend, settings):
+    """Whole blocks in training mode compiled with ``backend``, forward+backward, against eager
+    on the policy's path (the runs of both taken in turn): first the path the policy takes under
+    compile, then each of ``paths`` the variant can take (forced on the compiled block only)."""
+    unit = settings.unit
+    head = (
+        f"| stage | dtype | variant | compiled path | fwd+bwd eager {unit} "
+        f"| fwd+bwd compiled {unit} | compiled / eager | first call s | graphs | graph breaks "
+        "| peak MB eager | peak MB compiled | max rel. diff | eager path |"
+    )
+    title = f"Whole blocks compiled (torch.compile, backend {backend}) vs eager, forward+backward"
+    print_table_header(title, settings, head)
+    for stage, x, name, block in _stage_blocks(stages, variants, settings):
+        forced = [p for p in PATH_VARIANTS.get(name, ()) if p in paths]
+        for path in [None] + [p for p in forced if p in COMPILED_PATHS]:
+            with forced_path(path, compiled_only=True) if path else contextlib.nullcontext():
+                compiled = _compiled(block, backend)
+                first = _first_call_seconds(run_block(compiled, x, True), settings)
+                graphs, breaks = _graphs_and_breaks()
+                taken = path_name(block) + (" (forced)" if path else "")
+                diff = _relative_diff(_output(compiled, x, settings), _output(block, x, settings))
+                eager_path = path_name(block)
+                eager, fast = _best_interleaved(
+                    [run_block(block, x, True), run_block(compiled, x, True)], settings
+                )
+            print(
+                f"| {stage} | {settings.dtype_name} | {name} | {taken} | {eager[0]:.3g} "
+                f"| {fast[0]:.3g} | {fast[0] / eager[0]:.2f}x | {first:.3g} | {graphs} "
+                f"| {breaks} | {eager[1]:.0f} | {fast[1]:.0f} | {diff:.2g} | {eager_path} |",
+                flush=True,
+            )
+            figures = {
+                "path": taken,
+                "forced": path,
+                "eager_path": eager_path,
+                "backend": backend,
+                "fwd_bwd_s": fast[0],
+                "fwd_bwd_eager_s": eager[0],
+                "first_call_seconds": first,
+                "graphs": graphs,
+                "graph_breaks": breaks,
+                "peak_mib_fwd_bwd": fast[1],
+                "peak_mib_eager_fwd_bwd": eager[1],
+                "max_rel_diff": diff,
+            }
+            settings.record("compile", stage, name, **figures)
+        del block
+    torch._dynamo.reset()
     print(f"load average after: {_load()}", flush=True)
 
 
@@ -501,11 +648,26 @@ def _first_call_seconds(fn, settings):
 
 def _best(fn, settings):
     """(best time in the table's unit, median peak MiB) of ``fn`` under the table's precision."""
+    return _best_interleaved([fn], settings)[0]
+
+
+def _best_interleaved(fns, settings):
+    """:func:`_best` of each of ``fns``, their runs taken in turn (load drifts hit them all)."""
     with precision(settings.device, settings.dtype_name):
-        for _ in range(settings.warmup):
-            fn()
-        runs = [settings.measure(fn) for _ in range(settings.repeats)]
-    return min(r[0] for r in runs) * settings.scale, statistics.median(r[1] for r in runs) / 2**20
+        for fn in fns:
+            for _ in range(settings.warmup):
+                fn()
+        runs = [[] for _ in fns]
+        for _ in range(settings.repeats):
+            for fn, fn_runs in zip(fns, runs):
+                fn_runs.append(settings.measure(fn))
+    return [
+        (
+            min(r[0] for r in fn_runs) * settings.scale,
+            statistics.median(r[1] for r in fn_runs) / 2**20,
+        )
+        for fn_runs in runs
+    ]
 
 
 def core_table(stages, variants, settings):
@@ -524,7 +686,7 @@ def core_table(stages, variants, settings):
             def make_fn(use_explicit, backward, inputs=inputs, fast=fast, explicit=explicit):
                 return run_core(explicit if use_explicit else fast, inputs, backward)
 
-            compare(stage, name, make_fn, owner, settings)
+            compare("core", stage, name, make_fn, owner, settings)
             del inputs, fast, explicit, owner
     print(f"load average after: {_load()}", flush=True)
 
@@ -576,10 +738,11 @@ def argument_parser():
     parser.add_argument(
         "--tables",
         nargs="+",
-        choices=("block", "core", "paths"),
+        choices=("block", "core", "paths", "compile"),
         default=["block", "core"],
         help="block: default path vs explicit; core: the aggregation alone; paths: each block "
-        "forced onto each path it can take (fwd+bwd)",
+        "forced onto each path it can take (fwd+bwd); compile: each block compiled with "
+        "torch.compile vs eager (fwd+bwd)",
     )
     parser.add_argument(
         "--variants",
@@ -597,6 +760,12 @@ def argument_parser():
         metavar="PATH",
         help="paths table: the paths to force (default every one the device can run): "
         + ", ".join(ALL_PATHS),
+    )
+    parser.add_argument(
+        "--compile-backend",
+        choices=COMPILE_BACKENDS,
+        default="inductor",
+        help="compile table: torch.compile's backend (default inductor)",
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
@@ -617,6 +786,12 @@ def argument_parser():
         "--warmup", type=int, default=None, help="untimed runs first (default: CUDA 2, CPU 0)"
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="FILE",
+        help="also append every row to FILE, one JSON object per line (seconds, MiB)",
+    )
     return parser
 
 
@@ -630,10 +805,10 @@ def check_arguments(args):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device here (allowed: --device cpu)")
     if args.paths is not None:
-        if "paths" not in args.tables:
+        if "paths" not in args.tables and "compile" not in args.tables:
             raise ValueError(
-                f"--paths {' '.join(args.paths)} selects rows of the paths table: "
-                "add 'paths' to --tables"
+                f"--paths {' '.join(args.paths)} selects rows of the paths and compile tables: "
+                "add 'paths' or 'compile' to --tables"
             )
         device = torch.device(args.device)
         cannot = [path for path in args.paths if not path_runs_on(path, device)]
@@ -674,13 +849,16 @@ def main(argv=None):
     if "core" in args.tables:
         check_cores()  # also warms up every core
     for dtype_name in args.dtype:
-        settings = Settings(device, dtype_name, args.budget_mb, args.repeats, warmup)
+        settings = Settings(device, dtype_name, args.budget_mb, args.repeats, warmup, args.json)
         if "block" in args.tables:
             block_table(args.stages, args.variants, settings)
         if "core" in args.tables:
             core_table(args.stages, args.variants, settings)
         if "paths" in args.tables:
             path_table(args.stages, args.variants, args.paths or ALL_PATHS, settings)
+        if "compile" in args.tables:
+            paths = args.paths or COMPILED_PATHS
+            compile_table(args.stages, args.variants, paths, args.compile_backend, settings)
 
 
 if __name__ == "__main__":

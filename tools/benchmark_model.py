@@ -14,12 +14,16 @@ The timing never depends on training staying finite: the optimizer runs with lea
 (same work per step, weights unchanged, so a model from scratch cannot diverge), and a step
 whose loss is not finite skips the update (counted and printed). ``--amp bf16|fp16`` runs the
 forward passes under ``torch.autocast`` (fp16 training with a gradient scaler), as detectron2's
-``SOLVER.AMP`` does.
+``SOLVER.AMP`` does. On CUDA, fp32 convolutions and matmuls run in full precision unless
+``--tf32`` (cuDNN would otherwise run the convolutions in TF32, its default).
 
 Example:
 
     python tools/benchmark_model.py --config-file configs/mask_rcnn_nl_R50.yaml \\
         --input-size 512 512 --batch-size 2 --iters 10 --amp bf16 --opts MODEL.WEIGHTS ""
+
+``--json FILE`` also appends the figures to FILE as one JSON object (a line), for
+scripts/gpu_benchmarks.py's summary.
 """
 
 import argparse
@@ -33,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,12 +49,14 @@ from detectron2.structures import BitMasks, Boxes, Instances, Keypoints
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's nl_detectron
 from nl_detectron.analysis import (
     add_opts_argument,
     load_stock_weights,
     load_tool_config,
     stock_config,
 )
+from nl_detectron.layers.attention_policy import cuda_fp32_precision
 
 logger = logging.getLogger("nl_detectron.benchmark_model")
 
@@ -255,7 +262,33 @@ def benchmark(args, argv):
     for name in MODELS:
         results[name]["skipped_steps"] = runners[name].skipped_steps
     report(results, args, device)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(json_row(results, args, device)) + "\n")
     return results
+
+
+def json_row(results, args, device):
+    """The figures of :func:`report` as one JSON-able dict (median seconds, peak MiB)."""
+    row = {
+        "table": "model",
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "config": os.path.splitext(os.path.basename(args.config_file))[0],
+        "amp": args.amp or "fp32",
+        "tf32": args.tf32,
+        "input_size": list(args.input_size),
+        "batch_size": args.batch_size,
+        "iters": args.iters,
+    }
+    for name in MODELS:
+        for task in ("train", "inference"):
+            if task in results[name]:
+                row[f"{task}_s_{name}"] = statistics.median(results[name][task])
+        for step, peak in results[name].get("memory", {}).items():
+            row[f"{step.replace('_step', '')}_peak_mib_{name}"] = peak / 2**20
+        row[f"skipped_steps_{name}"] = results[name]["skipped_steps"]
+    return row
 
 
 def report(results, args, device):
@@ -287,6 +320,8 @@ def report(results, args, device):
         else (f"CPU, {torch.get_num_threads()} threads")
     )
     precision = f"{args.amp} autocast" if args.amp else "fp32"
+    if device.type == "cuda":
+        precision += ", TF32 allowed" if args.tf32 else ", TF32 off"
     skipped = {name: results[name]["skipped_steps"] for name in MODELS}
     logger.info(
         f"{args.config_file} vs. its stock model; batch {args.batch_size} x "
@@ -316,6 +351,12 @@ def argument_parser():
         default=None,
         help="run the forward passes under torch.autocast with this dtype (default: fp32)",
     )
+    parser.add_argument(
+        "--tf32", action="store_true", help="CUDA: fp32 convolutions and matmuls in TF32"
+    )
+    parser.add_argument(
+        "--json", default=None, metavar="FILE", help="also append the figures to FILE (JSON)"
+    )
     parser.add_argument("--memory-child", choices=MODELS, help=argparse.SUPPRESS)
     add_opts_argument(parser)
     return parser
@@ -336,7 +377,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads or torch.get_num_threads())
         return cpu_peak_child(args)
     setup_logger()
-    return benchmark(args, argv)
+    with cuda_fp32_precision(args.tf32):
+        return benchmark(args, argv)
 
 
 if __name__ == "__main__":

@@ -109,8 +109,10 @@ def reference(block, x):
 def _outputs_and_grads(block, x, fn):
     x = x.clone().requires_grad_(True)
     out = fn(x)
-    # A fixed random cotangent so that every output element contributes to the gradients.
-    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+    # A fixed random cotangent so that every output element contributes to the gradients: drawn
+    # on the CPU in float64, so that a block on a GPU or in fp32 gets the same one.
+    gen = torch.Generator().manual_seed(1)
+    cotangent = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
     params = [p for p in block.parameters() if p.requires_grad]
     grads = torch.autograd.grad((out * cotangent).sum(), [x] + params, allow_unused=True)
     return out.detach(), grads

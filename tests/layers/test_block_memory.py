@@ -2,7 +2,8 @@
 
 The main risk is silent: SDPA falls back to its math kernel (which materialises N x M) when its
 inputs are strided views or of unequal widths, giving the same numbers at many times the memory.
-The profiler's allocation events give the peak of live CPU memory during the call.
+The profiler's allocation events give the peak of live CPU memory during the call; on CUDA the
+allocator's count of requested bytes does (:func:`_cuda_peak`).
 """
 
 from functools import partial
@@ -38,6 +39,19 @@ def _profile(fn):
     return {e.name() for e in events}, peak
 
 
+def _cuda_peak(fn):
+    """Run ``fn`` on the current CUDA device; return the peak of bytes requested by live
+    allocations above those live before it. Requested bytes are what the code asked for, as the
+    CPU profile counts them; ``max_memory_allocated`` instead counts the caching allocator's
+    rounded blocks (512 B, 2 MiB and 20 MiB granules) and so reads up to several MiB higher."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_stats()["requested_bytes.all.current"]
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.memory_stats()["requested_bytes.all.peak"] - before
+
+
 def _forward_backward(block, x):
     def run():
         block(x).sum().backward()
@@ -55,6 +69,8 @@ def _forward_backward(block, x):
     ids=["embedded_gaussian", "gaussian", "disentangled"],
 )
 def test_softmax_blocks_use_the_fused_kernel(block):
+    # A budget below one affinity (256 MiB): Gaussian's forward would keep it otherwise.
+    block.affinity_budget_mb = 128
     x = torch.randn(1, 16, *SHAPE)
     with torch.no_grad():
         names, peak = _profile(lambda: block(x))
@@ -95,14 +111,32 @@ def test_linear_blocks_stay_small(block):
     assert peak < N_BY_N_BYTES / 8, f"forward+backward peak {peak / 2**20:.0f} MiB"
 
 
+def _explicit_affinity_peak(device):
+    """Peak extra memory of an explicit embedded-Gaussian forward over N = 8192 on ``device``."""
+    block = NonLocalBlock(16, norm="").to(device)
+    block.explicit = True
+    x = torch.randn(1, 16, *SHAPE, device=device)
+    with torch.no_grad():
+        if device == "cpu":
+            return _profile(lambda: block(x))[1]
+        block(x)  # cuBLAS and cuDNN set up their handles and workspaces once
+        return _cuda_peak(lambda: block(x))
+
+
 def test_the_probe_sees_an_explicit_affinity():
     # The measurement itself must notice an N x N matrix, or the tests above prove nothing.
-    block = NonLocalBlock(16, norm="")
-    block.explicit = True
-    x = torch.randn(1, 16, *SHAPE)
-    with torch.no_grad():
-        _, peak = _profile(lambda: block(x))
+    assert _explicit_affinity_peak("cpu") >= N_BY_N_BYTES
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
+def test_the_cuda_probe_reads_what_the_cpu_probe_reads():
+    # The same operations request the same tensors on both devices, so the CUDA figures of the
+    # memory tests mean what the CPU ones do (here three N x N at the peak).
+    peak, cpu_peak = _explicit_affinity_peak("cuda"), _explicit_affinity_peak("cpu")
     assert peak >= N_BY_N_BYTES
+    mib = f"CUDA {peak / 2**20:.1f} MiB, CPU {cpu_peak / 2**20:.1f} MiB"
+    assert abs(peak - cpu_peak) <= 4 * 2**20, mib
 
 
 def test_small_maps_choose_the_in_place_affinity_where_it_is_cheaper():

@@ -13,13 +13,15 @@ import torch
 from nl_detectron.layers.triton_support import INTERPRETED, triton_runs_on
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# The module-level mark of every Triton test file.
+# The module-level mark of every Triton test file; fp32 results are compared with float64, so
+# CUDA's convolutions and matmuls run in full fp32 precision (conftest.py).
 MARKS = [
     pytest.mark.skipif(
         not triton_runs_on(DEVICE),
         reason=f"Triton cannot run on {DEVICE} here (no triton package, or on the CPU no "
         "working interpreter: tests/conftest.py)",
     ),
+    pytest.mark.usefixtures("ieee_fp32"),
     *([pytest.mark.cuda] if DEVICE == "cuda" else []),
 ]
 # Relative to the reference's largest entry: bf16 and fp16 round the tiles they multiply to 8

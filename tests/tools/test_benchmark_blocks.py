@@ -55,7 +55,9 @@ def test_paths_table_forces_every_path_of_every_variant(load_tool, capsys):
         assert row[6].endswith("x") and float(row[6][:-1]) > 0
         assert float(row[7]) > 0  # first call, seconds
         # every path's y in fp32 equals the explicit block's up to rounding
-        assert float(row[10].rstrip(" |")) < 1e-5, row
+        assert float(row[10]) < 1e-5, row
+        # beside it, what the policy takes unforced: below 0.05 MiB the least it can hold
+        assert row[11].rstrip(" |") == ("sorted" if row[2] == "NL concatenation" else "fused")
     assert tool.attention.choose_path is choose_path  # the policy is restored afterwards
 
 
@@ -73,7 +75,7 @@ def test_paths_option_picks_the_forced_paths(load_tool, capsys):
         (["--repeats", "0"], "--repeats=0"),
         (["--budget-mb", "-1"], "--budget-mb=-1.0"),
         (["--dtype", "tf32"], "--dtype tf32 needs --device cuda"),
-        (["--paths", "kept"], "--paths kept selects rows of the paths table"),
+        (["--paths", "kept"], "--paths kept selects rows of the paths and compile tables"),
         (
             ["--tables", "paths", "--paths", "sorted", "--variants", "DNL"],
             "--paths sorted: no variant of --variants takes any of them .*DNL: fused, kept",
@@ -92,3 +94,22 @@ def test_triton_paths_need_a_device_that_runs_them(load_tool, monkeypatch):
     argv = ["--stages", "tiny", "--tables", "paths", "--paths", "kept", "triton"]
     with pytest.raises(ValueError, match="--paths triton: Triton cannot run on cpu here"):
         tool.main(argv)
+
+
+def test_compile_table_times_the_policy_and_forced_paths_compiled(load_tool, capsys):
+    tool = load_tool("benchmark_blocks")
+    argv = ["--stages", "tiny", "--tables", "compile", "--threads", "1", "--paths", "kept"]
+    tool.main(argv + ["--compile-backend", "aot_eager", "--variants", "DNL", "GC"])
+    rows = _rows(capsys.readouterr().out)
+    # under compile the policy takes the fused path; kept is forced on the compiled block only
+    assert [(r[2], r[3]) for r in rows] == [
+        ("DNL", "fused"),
+        ("DNL", "kept (forced)"),
+        ("GC", "pooled"),
+    ]
+    for row in rows:
+        assert row[6].endswith("x") and float(row[6][:-1]) > 0
+        assert (row[8], row[9]) == ("1", "0")  # one graph, no graph break
+        assert float(row[12]) < 1e-5, row  # compiled output against eager
+        assert row[13].rstrip(" |") in ("kept", "pooled")  # eager takes the policy's path
+    assert tool.attention.choose_path is choose_path

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -5,17 +7,29 @@ import torch
 GN = ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN", "MODEL.BACKBONE.FREEZE_AT", "0"]
 
 
-def test_interleaved_train_and_inference_timings(load_tool, nl_config, opts_for):
+def test_interleaved_train_and_inference_timings(load_tool, nl_config, opts_for, tmp_path):
     tool = load_tool("benchmark_model")
+    rows = tmp_path / "rows.jsonl"
     results = tool.main(
         ["--config-file", nl_config, "--input-size", "96", "128", "--batch-size", "1"]
-        + ["--iters", "2", "--warmup", "1", "--no-memory", "--opts"]
+        + ["--iters", "2", "--warmup", "1", "--no-memory", "--json", str(rows), "--opts"]
         + opts_for("")
         + GN
     )
     for name in ("nl", "stock"):
         assert len(results[name]["train"]) == 2 and len(results[name]["inference"]) == 2
         assert all(t > 0 for t in results[name]["train"] + results[name]["inference"])
+    # the same figures for scripts/gpu_benchmarks.py's summary, one JSON object per run
+    (row,) = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert (row["table"], row["config"], row["amp"], row["device"]) == (
+        "model",
+        "mask_rcnn_nl_R50",
+        "fp32",
+        "cpu",
+    )
+    assert row["input_size"] == [96, 128] and row["batch_size"] == 1 and row["tf32"] is False
+    assert row["train_s_nl"] == pytest.approx(np.median(results["nl"]["train"]))
+    assert row["inference_s_stock"] == pytest.approx(np.median(results["stock"]["inference"]))
 
 
 def test_synthetic_batch_has_all_targets(load_tool, tiny_cfg):
