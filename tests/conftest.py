@@ -4,6 +4,7 @@ import os
 from importlib import metadata
 
 import numpy
+import pytest
 import torch
 
 
@@ -26,3 +27,19 @@ def _triton_interpreter_works() -> bool:
 # which comes after this file.
 if not torch.cuda.is_available() and _triton_interpreter_works():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def write_context_splits(tmp_path_factory):
+    """A function ``specs -> {rung: (json_file, image_root)}`` that writes each
+    ``nl_context`` spec as a val split under a new temporary folder."""
+    from nl_detectron.data import context_source
+
+    def write(specs):
+        root = str(tmp_path_factory.mktemp("nl_context"))
+        return {
+            rung: context_source.ensure_written(root, rung, "val", spec=spec)
+            for rung, spec in specs.items()
+        }
+
+    return write

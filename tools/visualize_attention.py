@@ -19,7 +19,7 @@ Examples:
 
     # nl_context (docs/context_benchmark.md): queries on the targets of the first 4 val images,
     # and the share of attention on each target's partner averaged over the whole split
-    python tools/visualize_attention.py --config-file CONFIG --dataset nl_context_val \\
+    python tools/visualize_attention.py --config-file CONFIG --dataset nl_context_bind_val \\
         --overview --output attention/ --opts MODEL.WEIGHTS model_final.pth
 """
 
@@ -115,9 +115,12 @@ def image_jobs(args):
 
 
 def target_centres(record):
+    """Box centres of the targets (the annotations that name a partner; nl_context's cue objects
+    are not queried), in the order of target_attention_shares."""
     return [
         (a["bbox"][0] + a["bbox"][2] / 2, a["bbox"][1] + a["bbox"][3] / 2)
         for a in record["annotations"]
+        if "partner" in a
     ]
 
 
@@ -217,7 +220,7 @@ def argument_parser():
         "--dataset",
         metavar="NAME",
         help="instead of --input: a registered dataset whose targets name their partner "
-        "(nl_context_val); queries on its targets and the partner-attention statistic",
+        "(nl_context_bind_val); queries on its targets and the partner-attention statistic",
     )
     parser.add_argument(
         "--max-images", type=int, default=4, help="with --dataset: how many images to draw"

@@ -2,8 +2,9 @@
 
 - ``nl_shapes_train`` / ``nl_shapes_val``: the generated dataset of :mod:`.shapes`, drawn on first
   load into ``<root>/nl_shapes_v<version>/``.
-- ``nl_context_train`` / ``nl_context_val``: the long-range dataset of :mod:`.context` (a target's
-  category is the shape of a distant partner), drawn on first load into
+- ``nl_context_{pair,bind}_{train,val}``: the long-range ladder of :mod:`.context` (a target's
+  category is the cue of a distant partner); training images are drawn on the fly
+  (:mod:`.context_source`), val splits are written on first load into
   ``<root>/nl_context_v<version>/``.
 - ``coco_person_mini``: four real COCO val2017 photos with person boxes, masks and 17 keypoints,
   registered only when its folder exists (``<root>/coco_person_mini`` or the ``shared/data``
@@ -25,19 +26,21 @@ from detectron2.data.datasets.builtin_meta import (
     KEYPOINT_CONNECTION_RULES,
 )
 
-from . import context, shapes
+from . import context, context_source, shapes
 
 logger = logging.getLogger(__name__)
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHAPES_DATASETS = {"nl_shapes_train": "train", "nl_shapes_val": "val"}
-CONTEXT_DATASETS = {"nl_context_train": "train", "nl_context_val": "val"}
-# Datasets drawn on first load: name -> (generator module, split).
-GENERATED_DATASETS = {
-    **{name: (shapes, split) for name, split in SHAPES_DATASETS.items()},
-    **{name: (context, split) for name, split in CONTEXT_DATASETS.items()},
+# name -> (rung, split)
+CONTEXT_DATASETS = {
+    f"nl_context_{rung}_{split}": (rung, split)
+    for rung in context.RUNGS
+    for split in ("train", "val")
 }
+# Datasets drawn on first load (or on the fly): never missing.
+GENERATED_DATASETS = tuple(SHAPES_DATASETS) + tuple(CONTEXT_DATASETS)
 COCO_PERSON_MINI = "coco_person_mini"
 # The COCO person keypoint sigmas (from the COCO keypoint evaluation), for TEST.KEYPOINT_OKS_SIGMAS.
 COCO_PERSON_OKS_SIGMAS = (
@@ -82,32 +85,50 @@ def _unregister(name: str) -> None:
 
 
 def context_metadata() -> dict:
-    """Metadata of the nl_context splits (classes in category-id order, the partner shapes)."""
+    """Metadata of the nl_context splits: classes in category-id order (the two target
+    categories, then the two cue categories), which of them are targets, the cues."""
     return {
         "thing_classes": list(context.CATEGORY_NAMES),
-        "partner_shapes": list(context.PARTNER_SHAPES),
+        "target_classes": list(context.TARGET_CATEGORIES),
+        "cues": list(context.CUES),
     }
 
 
-def _load_generated(root: str, name: str) -> List[dict]:
-    module, split = GENERATED_DATASETS[name]
-    json_file, image_root = module.ensure_split(root, split)
-    # Keys a generator stores beside the COCO fields (nl_context: each target's partner).
-    extra = list(getattr(module, "EXTRA_ANNOTATION_KEYS", ()))
+def _load_shapes(root: str, split: str, name: str) -> List[dict]:
+    json_file, image_root = shapes.ensure_split(root, split)
+    return load_coco_json(json_file, image_root, name)
+
+
+def _load_context(root: str, rung: str, split: str, name: str) -> List[dict]:
+    if split == "train":
+        return context_source.generated_records(context.SPLITS[(rung, split)])
+    json_file, image_root = context_source.ensure_written(root, rung, split)
+    # Each target's partner is stored beside the COCO fields.
+    extra = list(context.EXTRA_ANNOTATION_KEYS)
     return load_coco_json(json_file, image_root, name, extra_annotation_keys=extra)
 
 
 def _register_generated(name: str, root: str) -> None:
     # register_coco_instances would read the json at load time without creating it first; this
     # registers the same loader and metadata behind a generate-if-missing step.
-    module, split = GENERATED_DATASETS[name]
-    split_dir = module.split_dir(root, split)
-    DatasetCatalog.register(name, lambda: _load_generated(root, name))
+    if name in SHAPES_DATASETS:
+        split = SHAPES_DATASETS[name]
+        folder = shapes.split_dir(root, split)
+        DatasetCatalog.register(name, lambda: _load_shapes(root, split, name))
+        metadata = shapes_metadata()
+    else:
+        rung, split = CONTEXT_DATASETS[name]
+        folder = context_source.split_dir(root, rung, split)
+        DatasetCatalog.register(name, lambda: _load_context(root, rung, split, name))
+        metadata = context_metadata()
+        if split == "train":  # drawn on the fly: no files (COCO evaluation converts the dicts)
+            MetadataCatalog.get(name).set(evaluator_type="coco", **metadata)
+            return
     MetadataCatalog.get(name).set(
-        json_file=os.path.join(split_dir, "instances.json"),
-        image_root=os.path.join(split_dir, "images"),
+        json_file=os.path.join(folder, "instances.json"),
+        image_root=os.path.join(folder, "images"),
         evaluator_type="coco",
-        **(shapes_metadata() if module is shapes else context_metadata()),
+        **metadata,
     )
 
 
@@ -129,6 +150,7 @@ def register_builtin_datasets(root: Optional[str] = None) -> List[str]:
         the names registered.
     """
     root = os.path.abspath(root if root is not None else default_root())
+    context_source.register_handler()
     names = []
     for name in GENERATED_DATASETS:
         _unregister(name)

@@ -1,236 +1,307 @@
-"""A generated COCO-format dataset ("nl_context") whose categories can only be told from far away.
+"""``nl_context``: generated images whose targets' categories can only be told from far away.
 
-Every image holds two *pairs* on a textured background. A pair is a *target*, an ellipse (the
-annotated object), and its *partner*, a triangle or a star (not annotated), both painted in the
-pair's own colour; the two pairs of an image have clearly different colours. The rule:
+An image holds one or two *pairs* on a flat grey background. A pair is a *target*, an ellipse
+20-30 px across, and its *partner*, a square 28-36 px wide, both painted in the pair's hue. The
+partner carries the *cue*: it is either solid or striped (diagonal bands of its hue and a dark
+shade, 4 px wide). The rule:
 
-    category of a target = "paired_with_" + shape of the partner of the same colour
+    category of a target = "paired_with_" + cue of the partner of the same hue
 
-Targets look alike whatever their category: shape, size, rotation and colour are drawn
-independently of the partner's shape. A partner lies at least ``MIN_PARTNER_DISTANCE`` of the image
-side (64 px at the default 128 px) from its target, centre to centre, so the pixels around a
-target carry no information on its category: a model that reads only a target's neighbourhood is
-at chance (1/2). It must find the distant same-coloured shape (the other pair's partner, of another
-colour, is a distractor) and read its shape. Boxes and masks need no context: ellipses are flat,
-contrasting regions.
+Every partner lies at least ``MIN_PARTNER_DISTANCE`` (64 px in a 128 px image) from every target,
+centre to centre, so the pixels around a target say nothing of its category. Partners are
+annotated objects too, with their cue as category (``solid_square``, ``striped_square``): their
+category is read where they lie, so a detector learns the cue quickly, and what remains long-range
+is the targets' category. Two rungs of one generator:
 
-Each annotation carries its ``partner`` (``shape``, ``bbox``, ``segmentation``) beside the COCO
-fields, for analyses such as the attention a target's query puts on its partner.
+- ``pair``: one pair per image. The cue of the only partner decides; any path that sees the
+  whole image (global pooling, attention) can carry it; a model that only reads the target's
+  surroundings is at chance.
+- ``bind``: two pairs of different hues whose partners always carry different cues, so the image
+  as a whole says nothing (one solid and one striped partner each time): the category needs the
+  partner *of the same hue*, a binding that one pooled context vector per image does not give.
+
+Images are drawn from ``numpy.random.default_rng([seed, rung, index])``, one per index, so a split
+of any size is deterministic and any image can be drawn on its own (the training splits are
+drawn on the fly, see :mod:`.context_source`). Each target annotation also carries its
+``partner`` (``cue``, ``bbox``, ``segmentation``) for analyses such as the attention a target's
+query puts on its partner.
 """
 
 import math
-import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 
-from .generated import ensure_generated, resolve_spec, write_coco_split
-from .shapes import (
-    SplitSpec,
-    _background,
-    _boxes_overlap,
-    _contrasting_colour,
-    _fill,
-    _shape_polygons,
-)
-
 # Bumped whenever the drawing changes, so that a stale cache is never reused.
-GENERATOR_VERSION = 1
-
-PARTNER_SHAPES = ("triangle", "star")
-TARGET_SHAPE = "ellipse"
-# Stored in each annotation beside the COCO fields; load_coco_json keeps them when asked.
-EXTRA_ANNOTATION_KEYS = ("partner",)
-# Category ids 1, 2 in this order.
-CATEGORY_NAMES = tuple(f"paired_with_{shape}" for shape in PARTNER_SHAPES)
-PAIRS_PER_IMAGE = 2
-# Smallest target-partner distance (box centres) as a fraction of the image side.
-MIN_PARTNER_DISTANCE = 0.5
-# Object sizes (across, before rotation) as fractions of the image side.
-TARGET_SIZE = (0.18, 0.26)
-PARTNER_SIZE = (0.16, 0.22)
-# Smallest RGB distance between the two pairs' colours (and, as in nl_shapes, to the background).
-MIN_COLOUR_DISTANCE = 110.0
+GENERATOR_VERSION = 2
 
 IMAGE_SIZE = 128
-# Train and val differ only by seed (nl_shapes' SplitSpec, at 128 px).
-SPLITS: Dict[str, SplitSpec] = {
-    "train": SplitSpec(num_images=512, seed=20181203, image_size=IMAGE_SIZE),
-    "val": SplitSpec(num_images=128, seed=20190402, image_size=IMAGE_SIZE),
-}
+RUNGS = {"pair": 1, "bind": 2}  # rung -> pairs per image
+CUES = ("solid", "striped")
+TARGET_SHAPE = "ellipse"
+PARTNER_SHAPE = "square"
+TARGET_CATEGORIES = tuple(f"paired_with_{cue}" for cue in CUES)
+CUE_CATEGORIES = tuple(f"{cue}_{PARTNER_SHAPE}" for cue in CUES)
+# Contiguous ids 0..3 in this order (COCO ids 1..4).
+CATEGORY_NAMES = TARGET_CATEGORIES + CUE_CATEGORIES
+# Stored in target annotations beside the COCO fields; load_coco_json keeps them when asked.
+EXTRA_ANNOTATION_KEYS = ("partner",)
+
+# Smallest distance (box centres) from any target to any partner, as a fraction of the side.
+MIN_PARTNER_DISTANCE = 0.5
+# Sizes in px at IMAGE_SIZE, scaled with the image: target diameter, partner side.
+TARGET_SIZE = (20.0, 30.0)
+PARTNER_SIZE = (28.0, 36.0)
+# Free space between any two objects' boxes, px.
+GAP = 3.0
+# Saturated hues at equal value, evenly spaced; the two pairs of an image are 2 or more apart.
+NUM_HUES = 6
+MIN_HUE_STEP = 2
+STRIPE_WIDTH = 4
+STRIPE_SHADE = 0.25  # the dark bands: the hue times this
+BACKGROUND = (90.0, 160.0)  # grey level range
+NOISE_STD = 4.0
 
 
-def category_of(partner_shape: str) -> str:
-    """The rule: the category of a target whose partner has ``partner_shape``."""
-    if partner_shape not in PARTNER_SHAPES:
-        raise ValueError(
-            f"Unknown partner shape {partner_shape!r}; expected one of {PARTNER_SHAPES}"
-        )
-    return CATEGORY_NAMES[PARTNER_SHAPES.index(partner_shape)]
+def _palette() -> np.ndarray:
+    """[NUM_HUES, 3] BGR colours (float32): hue k * 360 / NUM_HUES, saturation 0.86, value 0.9."""
+    hsv = np.array([[[round(180 * k / NUM_HUES), 220, 230] for k in range(NUM_HUES)]], np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0].astype(np.float32)
+
+
+PALETTE = _palette()
+
+
+@dataclass(frozen=True)
+class ContextSpec:
+    """One split: ``num_images`` images of ``rung`` drawn from ``seed`` at ``image_size`` px."""
+
+    rung: str
+    num_images: int
+    seed: int
+    image_size: int = IMAGE_SIZE
+
+    def __post_init__(self):
+        if self.rung not in RUNGS:
+            raise ValueError(f"nl_context: rung={self.rung!r} is not one of {sorted(RUNGS)}")
+        if self.num_images < 1:
+            raise ValueError(f"nl_context: num_images={self.num_images!r} must be >= 1")
+        if self.image_size < 64:
+            raise ValueError(f"nl_context: image_size={self.image_size!r} must be >= 64 px")
+
+    @property
+    def pairs(self) -> int:
+        return RUNGS[self.rung]
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator of image ``index`` (0-based), independent of every other image."""
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"nl_context: image {index} is outside [0, {self.num_images})")
+        return np.random.default_rng([self.seed, list(RUNGS).index(self.rung), index])
+
+
+def target_category(cue: str) -> str:
+    """The rule: the category of a target whose partner shows ``cue``."""
+    if cue not in CUES:
+        raise ValueError(f"Unknown cue {cue!r}; expected one of {CUES}")
+    return TARGET_CATEGORIES[CUES.index(cue)]
 
 
 def categories() -> List[dict]:
-    """The COCO ``categories`` list."""
+    """The COCO ``categories`` list (ids 1..4)."""
     return [
-        {"id": i + 1, "name": name, "supercategory": TARGET_SHAPE}
+        {
+            "id": i + 1,
+            "name": name,
+            "supercategory": TARGET_SHAPE if name in TARGET_CATEGORIES else PARTNER_SHAPE,
+        }
         for i, name in enumerate(CATEGORY_NAMES)
     ]
 
 
-def _centre(box: np.ndarray) -> np.ndarray:
-    return (box[:2] + box[2:]) / 2
+def _ellipse(diameter: float, rng: np.random.Generator) -> np.ndarray:
+    """[32, 2] vertices of a rotated ellipse around the origin, ``diameter`` px across."""
+    t = 2 * math.pi * np.arange(32) / 32
+    r = diameter / 2
+    points = np.stack([r * np.cos(t), r * rng.uniform(0.6, 0.9) * np.sin(t)], axis=1)
+    angle = rng.uniform(0, math.pi)
+    c, s = math.cos(angle), math.sin(angle)
+    return points @ np.array([[c, s], [-s, c]])
+
+
+def _square(side: float) -> np.ndarray:
+    h = side / 2
+    return np.array([[-h, -h], [h, -h], [h, h], [-h, h]])
 
 
 def _place(
-    polygons: List[np.ndarray],
+    polygon: np.ndarray,
     size: int,
     rng: np.random.Generator,
-    boxes: Sequence[np.ndarray],
-    far_from: Optional[np.ndarray] = None,
-    min_distance: float = 0.0,
-    max_tries: int = 50,
-) -> Optional[Tuple[List[np.ndarray], np.ndarray]]:
-    """Shifts ``polygons`` to a random free spot (2 px from ``boxes``, 1 px from the border) whose
-    box centre is ``min_distance`` or more from ``far_from``; None if no try succeeds."""
-    points = np.concatenate(polygons)
-    lo, hi = points.min(0), points.max(0)
-    for _ in range(max_tries):
-        shift = rng.uniform(1 - lo, size - 1 - hi)
-        box = np.concatenate([lo + shift, hi + shift])
-        if far_from is not None and np.linalg.norm(_centre(box) - far_from) < min_distance:
-            continue
-        if not any(_boxes_overlap(box, b, margin=2.0) for b in boxes):
-            return [np.round(p + shift, 2) for p in polygons], box
-    return None
-
-
-def _layout(rng: np.random.Generator, size: int) -> Optional[List[dict]]:
-    """Shapes and places PAIRS_PER_IMAGE pairs; None when they do not fit."""
-    boxes: List[np.ndarray] = []
-    pairs = []
-    for _ in range(PAIRS_PER_IMAGE):
-        target = _shape_polygons(TARGET_SHAPE, rng.uniform(*TARGET_SIZE) * size, rng)
-        partner_shape = PARTNER_SHAPES[rng.integers(len(PARTNER_SHAPES))]
-        partner = _shape_polygons(partner_shape, rng.uniform(*PARTNER_SIZE) * size, rng)
-        placed_target = _place(target, size, rng, boxes)
-        if placed_target is None:
-            return None
-        boxes.append(placed_target[1])
-        placed_partner = _place(
-            partner,
-            size,
-            rng,
-            boxes,
-            far_from=_centre(placed_target[1]),
-            min_distance=MIN_PARTNER_DISTANCE * size,
+    boxes: List[np.ndarray],
+    far_from: List[np.ndarray],
+    min_distance: float,
+    tries: int = 64,
+) -> Optional[np.ndarray]:
+    """``polygon`` shifted to a random free spot 1 px inside the image (``GAP`` px from
+    ``boxes``) whose box centre is ``min_distance`` or more from each point of ``far_from``: the
+    first of ``tries`` candidates drawn at once that qualifies; None if none does."""
+    lo, hi = polygon.min(0), polygon.max(0)
+    shifts = rng.uniform(1 - lo, size - 1 - hi, size=(tries, 2))  # [T, 2]
+    lows, highs = lo + shifts, hi + shifts
+    ok = np.ones(tries, dtype=bool)
+    for point in far_from:
+        ok &= np.hypot(*((lows + highs) / 2 - point).T) >= min_distance
+    for b in boxes:
+        ok &= ~(
+            (lows[:, 0] < b[2] + GAP)
+            & (b[0] < highs[:, 0] + GAP)
+            & (lows[:, 1] < b[3] + GAP)
+            & (b[1] < highs[:, 1] + GAP)
         )
-        if placed_partner is None:
-            return None
-        boxes.append(placed_partner[1])
-        pairs.append(
-            {
-                "category": category_of(partner_shape),
-                "polygons": placed_target[0],
-                "partner": {"shape": partner_shape, "polygons": placed_partner[0]},
-            }
-        )
-    return pairs
+    found = np.flatnonzero(ok)
+    return polygon + shifts[found[0]] if found.size else None
 
 
-def _pair_colours(base: np.ndarray, rng: np.random.Generator) -> List[np.ndarray]:
-    colours: List[np.ndarray] = []
-    while len(colours) < PAIRS_PER_IMAGE:
-        colour = _contrasting_colour(base, rng)
-        if all(np.linalg.norm(colour - c) > MIN_COLOUR_DISTANCE for c in colours):
-            colours.append(colour)
-    return colours
+def _centre(polygon: np.ndarray) -> np.ndarray:
+    return (polygon.min(0) + polygon.max(0)) / 2
 
 
-def _mask(polygons: List[np.ndarray], size: int) -> np.ndarray:
+def layout(spec: ContextSpec, rng: np.random.Generator, max_layouts: int = 200) -> List[dict]:
+    """The pairs of one image: dicts with ``hue`` (palette index), ``cue``, ``target`` and
+    ``partner`` polygons [V, 2] (absolute px, pixel i covering [i, i + 1))."""
+    size, scale = spec.image_size, spec.image_size / IMAGE_SIZE
+    hues = [int(rng.integers(NUM_HUES))]
+    cues = [CUES[rng.integers(len(CUES))]]
+    if spec.pairs == 2:
+        step = int(rng.integers(MIN_HUE_STEP, NUM_HUES - MIN_HUE_STEP + 1))
+        hues.append((hues[0] + step) % NUM_HUES)
+        cues.append(CUES[1 - CUES.index(cues[0])])  # one solid, one striped: no global cue
+    for _ in range(max_layouts):
+        boxes: List[np.ndarray] = []
+        targets = []
+        for _ in range(spec.pairs):
+            target = _place(
+                _ellipse(rng.uniform(*TARGET_SIZE) * scale, rng), size, rng, boxes, [], 0
+            )
+            if target is None:
+                break
+            targets.append(target)
+            boxes.append(np.concatenate([target.min(0), target.max(0)]))
+        partners = []
+        centres = [_centre(t) for t in targets]
+        for _ in range(spec.pairs if len(targets) == spec.pairs else 0):
+            side = rng.uniform(*PARTNER_SIZE) * scale
+            partner = _place(_square(side), size, rng, boxes, centres, MIN_PARTNER_DISTANCE * size)
+            if partner is None:
+                break
+            partners.append(partner)
+            boxes.append(np.concatenate([partner.min(0), partner.max(0)]))
+        if len(partners) == spec.pairs:
+            return [
+                {"hue": h, "cue": c, "target": t, "partner": p}
+                for h, c, t, p in zip(hues, cues, targets, partners)
+            ]
+    raise RuntimeError(f"nl_context: could not place {spec.pairs} pair(s) in {size} px")
+
+
+def _mask(polygon: np.ndarray, size: int) -> np.ndarray:
     mask = np.zeros((size, size), dtype=np.uint8)
-    _fill(mask, polygons, 1)
+    # cv2 puts vertex v at the centre of pixel v (v + 0.5 here); 4 fractional bits.
+    cv2.fillPoly(mask, [np.round((polygon - 0.5) * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
     return mask.astype(bool)
 
 
-def draw_image(
-    rng: np.random.Generator, size: int, max_layouts: int = 100
-) -> Tuple[np.ndarray, List[dict]]:
-    """Draws one image.
+def draw_image(spec: ContextSpec, index: int) -> Tuple[np.ndarray, List[dict]]:
+    """Image ``index`` of ``spec``.
 
     Returns:
-        image: uint8 [size, size, 3] (BGR order, as cv2 writes it).
-        targets: one dict per pair with ``category``, ``polygons`` (list of [V, 2], absolute,
-        pixel i covering [i, i + 1)), ``mask`` (bool [size, size]) and ``partner`` (``shape``,
-        ``polygons``, ``mask``).
+        image: uint8 [size, size, 3], BGR (as cv2 writes it).
+        pairs: :func:`layout`'s dicts, each with ``target_mask`` and ``partner_mask`` (bool).
     """
-    img, base = _background(size, rng)
-    for _ in range(max_layouts):
-        pairs = _layout(rng, size)
-        if pairs is not None:
-            break
-    else:
-        raise RuntimeError(f"could not place {PAIRS_PER_IMAGE} pairs in a {size} px image")
-    for pair, colour in zip(pairs, _pair_colours(base, rng)):
-        pair["mask"] = _mask(pair["polygons"], size)
-        pair["partner"]["mask"] = _mask(pair["partner"]["polygons"], size)
-        img[pair["mask"]] = colour
-        img[pair["partner"]["mask"]] = colour
-    # Mild sensor noise so flat regions are not perfectly flat.
-    img += rng.normal(0, 4, size=img.shape).astype(np.float32)
-    return np.clip(np.round(img), 0, 255).astype(np.uint8), pairs
+    rng = spec.rng(index)
+    pairs = layout(spec, rng)
+    size = spec.image_size
+    image = np.full((size, size, 3), rng.uniform(*BACKGROUND), dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    dark_band = ((xx + yy) // STRIPE_WIDTH) % 2 == 1
+    for pair in pairs:
+        colour = PALETTE[pair["hue"]]
+        pair["target_mask"] = _mask(pair["target"], size)
+        pair["partner_mask"] = _mask(pair["partner"], size)
+        image[pair["target_mask"]] = colour
+        image[pair["partner_mask"]] = colour
+        if pair["cue"] == "striped":
+            image[pair["partner_mask"] & dark_band] = colour * STRIPE_SHADE
+    image += rng.normal(0, NOISE_STD, size=image.shape).astype(np.float32)
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), pairs
 
 
-def _box_and_polygons(polygons: List[np.ndarray]) -> Tuple[List[float], List[List[float]]]:
-    points = np.concatenate(polygons)
-    (x0, y0), (x1, y1) = points.min(0), points.max(0)
+def _box_and_polygon(polygon: np.ndarray) -> Tuple[List[float], List[List[float]]]:
+    (x0, y0), (x1, y1) = polygon.min(0), polygon.max(0)
     bbox = [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)]
-    return bbox, [[round(float(v), 2) for v in p.reshape(-1)] for p in polygons]
+    return bbox, [[round(float(v), 2) for v in polygon.reshape(-1)]]
 
 
-def _annotation(target: dict, ann_id: int, image_id: int) -> dict:
-    bbox, segmentation = _box_and_polygons(target["polygons"])
-    partner_bbox, partner_segmentation = _box_and_polygons(target["partner"]["polygons"])
-    return {
-        "id": ann_id,
-        "image_id": image_id,
-        "category_id": CATEGORY_NAMES.index(target["category"]) + 1,
-        "bbox": bbox,
-        "area": int(target["mask"].sum()),
-        "iscrowd": 0,
-        "segmentation": segmentation,
-        "partner": {
-            "shape": target["partner"]["shape"],
-            "bbox": partner_bbox,
-            "segmentation": partner_segmentation,
-        },
-    }
+def _polygon_area(polygon: np.ndarray) -> float:
+    x, y = polygon[:, 0], polygon[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2)
 
 
-def generate_split(out_dir: str, spec: SplitSpec) -> dict:
-    """Writes ``spec.num_images`` PNGs to ``out_dir/images`` and returns the COCO dict."""
-    info = {
-        "description": "nl_context: ellipses whose category is the shape of a distant partner",
-        "version": str(GENERATOR_VERSION),
-    }
-    return write_coco_split(out_dir, spec, draw_image, _annotation, info, categories())
-
-
-def split_dir(root: str, split: str) -> str:
-    """Where ``split`` lives under the dataset root (the version keeps stale caches apart)."""
-    return os.path.join(root, f"nl_context_v{GENERATOR_VERSION}", split)
-
-
-def ensure_split(root: str, split: str, spec: Optional[SplitSpec] = None) -> Tuple[str, str]:
-    """Generates ``split`` under ``root`` unless present; returns (json_file, image_root)."""
-    spec = resolve_spec("nl_context", split, spec, SPLITS)
-    return ensure_generated(
-        split_dir(root, split),
-        lambda folder: generate_split(folder, spec),
-        f"nl_context/{split} ({spec.num_images} images)",
-    )
+def annotations(pairs: List[dict]) -> List[dict]:
+    """COCO-style objects of one image (XYWH boxes, polygons, 1-based ``category_id``): each
+    target with its ``partner``, then each partner as a cue object."""
+    objects = []
+    for pair in pairs:
+        bbox, segmentation = _box_and_polygon(pair["target"])
+        partner_bbox, partner_segmentation = _box_and_polygon(pair["partner"])
+        objects.append(
+            {
+                "category_id": CATEGORY_NAMES.index(target_category(pair["cue"])) + 1,
+                "bbox": bbox,
+                "segmentation": segmentation,
+                "area": round(_polygon_area(pair["target"]), 1),
+                "iscrowd": 0,
+                "partner": {
+                    "cue": pair["cue"],
+                    "bbox": partner_bbox,
+                    "segmentation": partner_segmentation,
+                },
+            }
+        )
+    for pair in pairs:
+        bbox, segmentation = _box_and_polygon(pair["partner"])
+        objects.append(
+            {
+                "category_id": CUE_CATEGORIES.index(f"{pair['cue']}_{PARTNER_SHAPE}")
+                + len(TARGET_CATEGORIES)
+                + 1,
+                "bbox": bbox,
+                "segmentation": segmentation,
+                "area": round(_polygon_area(pair["partner"]), 1),
+                "iscrowd": 0,
+            }
+        )
+    return objects
 
 
 def partner_distance(annotation: dict) -> float:
     """Distance (px) between the box centres of a target annotation and its partner."""
     (x, y, w, h), (px, py, pw, ph) = annotation["bbox"], annotation["partner"]["bbox"]
     return math.hypot(x + w / 2 - px - pw / 2, y + h / 2 - py - ph / 2)
+
+
+def is_target(annotation: dict) -> bool:
+    """Whether an annotation is a target (it names its partner), not a cue object."""
+    return "partner" in annotation
+
+
+SPLITS: Dict[Tuple[str, str], ContextSpec] = {
+    # Training images are drawn on the fly: more than any CPU schedule here consumes, none twice.
+    ("pair", "train"): ContextSpec("pair", num_images=20_000, seed=20261203),
+    ("bind", "train"): ContextSpec("bind", num_images=20_000, seed=20261203),
+    ("pair", "val"): ContextSpec("pair", num_images=512, seed=20261204),
+    ("bind", "val"): ContextSpec("bind", num_images=512, seed=20261204),
+}

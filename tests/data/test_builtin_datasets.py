@@ -5,15 +5,17 @@ import os
 import numpy as np
 import pytest
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
 from detectron2.data.detection_utils import create_keypoint_hflip_indices
 
 import nl_detectron  # noqa: F401  (registers on import)
 from nl_detectron.data import (
     COCO_PERSON_MINI,
     CONTEXT_DATASETS,
+    GENERATED_DATASETS,
     SHAPES_DATASETS,
     context,
+    context_source,
     find_coco_person_mini,
     missing_datasets,
     prepare_datasets,
@@ -88,7 +90,7 @@ def test_keypoint_metadata_drives_flipping(root):
 def test_generated_data_needs_no_files_to_pass_the_check(tmp_path):
     register_builtin_datasets(str(tmp_path))
     try:
-        assert missing_datasets(list(SHAPES_DATASETS)) == []
+        assert missing_datasets(list(GENERATED_DATASETS)) == []
     finally:
         register_builtin_datasets()
 
@@ -134,17 +136,87 @@ def test_coco_person_mini_loads_with_coco_keypoint_metadata():
     assert num_labelled > 100
 
 
-def test_nl_context_loads_with_partners(root):
+def test_nl_context_is_registered_with_its_metadata(root):
     register_builtin_datasets(root)  # earlier tests restore the default root
-    assert set(CONTEXT_DATASETS) <= set(DatasetCatalog.list())
-    dicts = DatasetCatalog.get("nl_context_val")
-    meta = MetadataCatalog.get("nl_context_val")
-    assert meta.json_file.startswith(root) and os.path.isfile(meta.json_file)
-    assert len(dicts) == context.SPLITS["val"].num_images
-    assert meta.thing_classes == list(context.CATEGORY_NAMES)
-    for obj in dicts[0]["annotations"]:
-        assert obj["category_id"] in (0, 1)
-        # the partner survives loading, for the attention statistic
-        assert obj["partner"]["shape"] in context.PARTNER_SHAPES
-        assert obj["partner"]["segmentation"]
+    assert sorted(CONTEXT_DATASETS) == [
+        "nl_context_bind_train",
+        "nl_context_bind_val",
+        "nl_context_pair_train",
+        "nl_context_pair_val",
+    ]
+    for name, (rung, split) in CONTEXT_DATASETS.items():
+        assert name == f"nl_context_{rung}_{split}" and name in GENERATED_DATASETS
+        assert name in DatasetCatalog.list()
+        meta = MetadataCatalog.get(name)
+        assert meta.evaluator_type == "coco"
+        assert meta.thing_classes == [
+            "paired_with_solid",
+            "paired_with_striped",
+            "solid_square",
+            "striped_square",
+        ]
+        assert meta.target_classes == meta.thing_classes[:2]
+        assert meta.cues == ["solid", "striped"]
+        if split == "train":  # drawn on the fly: no files at all
+            assert "json_file" not in meta.as_dict() and "image_root" not in meta.as_dict()
+        else:
+            folder = context_source.split_dir(root, rung, split)
+            assert meta.json_file == os.path.join(folder, "instances.json")
+            assert meta.image_root == os.path.join(folder, "images")
+    assert missing_datasets(list(CONTEXT_DATASETS)) == []
+
+
+@pytest.fixture
+def small_context_splits(root, monkeypatch):
+    """The nl_context splits registered under ``root`` with small specs (SPLITS is read when a
+    split is loaded); yields {(rung, split): spec}."""
+    register_builtin_datasets(root)  # earlier tests restore the default root
+    small = {
+        (rung, split): context.ContextSpec(rung, num_images=n, seed=seed)
+        for rung in context.RUNGS
+        for split, n, seed in (("train", 6, 1), ("val", 4, 2))
+    }
+    for key, spec in small.items():
+        monkeypatch.setitem(context.SPLITS, key, spec)
+    yield small
+
+
+def test_nl_context_train_is_drawn_on_the_fly(root, small_context_splits):
+    for rung in context.RUNGS:
+        spec = small_context_splits[(rung, "train")]
+        dicts = DatasetCatalog.get(f"nl_context_{rung}_train")
+        assert dicts == context_source.generated_records(spec)
+        assert [d["file_name"] for d in dicts] == [
+            context_source.image_uri(spec, i) for i in range(spec.num_images)
+        ]
+        image = detection_utils.read_image(dicts[1]["file_name"], format="BGR")
+        assert np.array_equal(image, context.draw_image(spec, 1)[0])
+        # nothing was written for it
+        assert not os.path.exists(context_source.split_dir(root, rung, "train"))
+
+
+def test_nl_context_val_loads_with_partners(root, small_context_splits):
+    for rung in context.RUNGS:
+        name = f"nl_context_{rung}_val"
+        spec = small_context_splits[(rung, "val")]
+        dicts = DatasetCatalog.get(name)
+        meta = MetadataCatalog.get(name)
+        assert meta.json_file.startswith(root) and os.path.isfile(meta.json_file)
+        assert len(dicts) == spec.num_images
+        assert meta.thing_dataset_id_to_contiguous_id == {i + 1: i for i in range(4)}
+        for record in dicts:
+            assert os.path.isfile(record["file_name"])
+            targets = [a for a in record["annotations"] if a["category_id"] in (0, 1)]
+            cues = [a for a in record["annotations"] if a["category_id"] in (2, 3)]
+            assert len(targets) == len(cues) == spec.pairs
+            for obj in targets:
+                # the partner survives loading, for the attention statistic
+                assert obj["partner"]["cue"] in context.CUES
+                assert obj["partner"]["segmentation"]
+                assert obj["category_id"] == context.CUES.index(obj["partner"]["cue"])
+            assert not any("partner" in obj for obj in cues)
+        # the val records are the drawn images, read from the written PNGs
+        image = detection_utils.read_image(dicts[2]["file_name"], format="BGR")
+        assert np.array_equal(image, context.draw_image(spec, 2)[0])
+    prepare_datasets(list(CONTEXT_DATASETS))
     assert missing_datasets(list(CONTEXT_DATASETS)) == []
