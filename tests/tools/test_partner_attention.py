@@ -105,12 +105,20 @@ def test_uniform_attention_gives_the_uniform_share(records):
     assert 0.01 < stat.partner_uniform < 0.2  # a partner covers a few of the 64 cells
 
 
-def test_shares_are_the_blocks_weights_on_the_partner_cells(records):
-    cfg, model = _model([])
+def _peaked_model():
+    """The config's model with an embedded-Gaussian block (the config's Gaussian has no
+    embeddings) whose embeddings are scaled up: peaked attention, shares far from uniform."""
+    cfg, model = _model(["MODEL.NONLOCAL.INSTANTIATION", "embedded_gaussian"])
     block = dict(model.named_modules())[BLOCK]
-    with torch.no_grad():  # peaked attention, so that the shares differ from uniform
+    with torch.no_grad():
         block.theta.weight.mul_(60)
         block.phi.weight.mul_(60)
+    return cfg, model
+
+
+def test_shares_are_the_blocks_weights_on_the_partner_cells(records):
+    cfg, model = _peaked_model()
+    block = dict(model.named_modules())[BLOCK]
     record = records[0]
     shares = target_attention_shares(model, BLOCK, record, _transform(cfg), cfg.INPUT.FORMAT)
 
@@ -142,15 +150,6 @@ def test_shares_are_the_blocks_weights_on_the_partner_cells(records):
         assert shares[i]["distractor_share"] == pytest.approx(float(weights[other].sum()), rel=1e-5)
         assert shares[i]["distractor_uniform"] == pytest.approx(len(other) / 64)
     assert any(abs(s["partner_share"] - s["partner_uniform"]) > 0.01 for s in shares)
-
-
-def _peaked_model():
-    cfg, model = _model([])
-    block = dict(model.named_modules())[BLOCK]
-    with torch.no_grad():
-        block.theta.weight.mul_(60)
-        block.phi.weight.mul_(60)
-    return cfg, model
 
 
 def test_cue_objects_are_not_queried(records):
